@@ -1,0 +1,1 @@
+"""K-fold multilabel text classification: folds, one training loop, OOF, thresholds, submissions."""

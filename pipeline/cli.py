@@ -1,0 +1,124 @@
+"""Command lines of `run_cv.py` and `make_submission.py`: parse flags, build the config, call the library.
+
+A `PipelineError` (bad file, config or flag) is printed as one line and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("pipeline")
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    for noisy in ("transformers", "accelerate", "optuna"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _guard(main):
+    def wrapped(argv: Optional[list] = None) -> int:
+        try:
+            return main(argv)
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    return wrapped
+
+
+def cv_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_cv.py", description="K-fold cross-validation: trains one model per "
+                                "fold, writes OOF and test probabilities, tuned thresholds and a report.")
+    p.add_argument("--model", help="model preset (default: minilm-l6); see --list-models")
+    p.add_argument("--folds", type=int, help="number of folds K, 2..20 (default 5)")
+    p.add_argument("--seed", type=int, help="seed for folds, subset, initialisation and shuffling (default 42)")
+    p.add_argument("--data-dir", help="folder with train.csv, test.csv and sample_submission.csv "
+                   "(default data/emotion-detection-fall-2024)")
+    p.add_argument("--run-dir", help="where outputs go (default runs/<preset>-f<K>-s<seed>-<config hash>); "
+                   "rerunning into the same folder resumes it")
+    p.add_argument("--config", help="YAML file with config sections (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set train.lr=3e-5 (repeatable)")
+    p.add_argument("--max-rows", type=int, help="train on a stratified subset of N rows for quick trials "
+                   "(the test set stays whole, so the submission stays valid)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines (for CI)")
+    p.add_argument("--list-models", action="store_true", help="print the model presets and exit")
+    return p
+
+
+@_guard
+def run_cv_main(argv: Optional[list] = None) -> int:
+    args = cv_parser().parse_args(argv)
+    from pipeline.models import PRESETS
+
+    if args.list_models:
+        for preset in PRESETS.values():
+            print(f"{preset.name:26s} {preset.kind:8s} {preset.description}")
+        return 0
+    _setup_logging(args.quiet)
+    from pipeline.config import load_config
+
+    flags = {"model.preset": args.model, "cv.n_folds": args.folds, "cv.seed": args.seed,
+             "data.data_dir": args.data_dir, "data.max_rows": args.max_rows}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.overrides
+    cfg = load_config(args.config, overrides)
+    from pipeline.cv import run_cv
+
+    run_dir = run_cv(cfg, Path(args.run_dir) if args.run_dir else None, quiet=args.quiet)
+    print(f"run complete: {run_dir} (report: {run_dir / 'report.md'})")
+    return 0
+
+
+def submission_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="make_submission.py", description="Average one or more completed runs "
+                                "(matched by id), tune thresholds on the averaged OOF, write a submission CSV.")
+    p.add_argument("--runs", nargs="+", help="run directories (or names under runs/) to average "
+                   "(default: the latest completed run)")
+    p.add_argument("--weights", nargs="+", type=float, help="one weight per run (default: equal)")
+    p.add_argument("--out", help="submission path (default submissions/<run or ensemble name>.csv)")
+    p.add_argument("--data-dir", help="competition data folder (default: the one the first run used)")
+    p.add_argument("--runs-root", default="runs", help="where run directories live (default runs/)")
+    return p
+
+
+def _resolve_run(name: str, root: Path) -> Path:
+    path = Path(name)
+    if path.is_dir():
+        return path
+    if (root / name).is_dir():
+        return root / name
+    raise PipelineError(f"run '{name}' not found (looked for {path} and {root / name})")
+
+
+def latest_run(root: Path) -> Path:
+    done = sorted(root.glob("*/report.json"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    if not done:
+        raise PipelineError(f"no completed run under {root}/; run `python run_cv.py` first or pass --runs")
+    return done[-1].parent
+
+
+@_guard
+def make_submission_main(argv: Optional[list] = None) -> int:
+    args = submission_parser().parse_args(argv)
+    _setup_logging(False)
+    from pipeline.submit import make_submission
+
+    root = Path(args.runs_root)
+    runs = [_resolve_run(r, root) for r in args.runs] if args.runs else [latest_run(root)]
+    if args.out:
+        out = Path(args.out)
+    elif len(runs) == 1:
+        out = Path("submissions") / f"{runs[0].name}.csv"
+    else:
+        digest = hashlib.sha256("+".join(sorted(r.name for r in runs)).encode()).hexdigest()[:8]
+        out = Path("submissions") / f"ensemble-{len(runs)}runs-{digest}.csv"
+    summary = make_submission(runs, out, args.weights, args.data_dir)
+    print(summary)
+    return 0

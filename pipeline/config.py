@@ -1,0 +1,316 @@
+"""The run configuration: one `RunConfig` of nested dataclasses.
+
+Loads YAML, applies dotted `--set key=value` overrides, validates every field in one
+place (collecting all problems before raising once) and saves the resolved config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    competition: str = "emotion-detection-fall-2024"  # name of a module in competition/
+    data_dir: str = "data/emotion-detection-fall-2024"  # folder holding the competition CSVs
+    max_rows: Optional[int] = None  # rows of train.csv kept (stratified subset); None = all
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "minilm-l6"  # name in the preset registry (pipeline/models.py)
+    max_length: Optional[int] = None  # tokens per text after truncation; None = preset's
+    path: Optional[str] = None  # local folder or hub id overriding the preset's weights
+    dropout: float = 0.1  # dropout before the classification head (probability)
+    backbone_dropout: Optional[float] = None  # dropout inside the backbone; None = preset's
+    freeze_embeddings: Optional[bool] = None  # keep the token embedding matrix fixed; None = preset's
+
+
+@dataclass
+class TrainConfig:
+    lr: Optional[float] = None  # peak learning rate; None = preset's
+    head_lr: Optional[float] = None  # learning rate of the classification head; None = lr
+    batch_size: Optional[int] = None  # examples per forward pass; None = preset's
+    eval_batch_size: int = 128  # examples per forward pass when predicting
+    grad_accum_steps: int = 1  # forward passes per optimizer step
+    epochs: int = 3  # passes over the training fold
+    max_steps: int = 0  # cap on optimizer steps per fold (0 = no cap); for smoke tests
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (not on biases/norms)
+    warmup_ratio: float = 0.1  # share of optimizer steps with linear warmup, in [0, 1)
+    max_grad_norm: float = 1.0  # gradient clipping norm (0 = off)
+    patience: int = 1  # epochs without improvement before early stopping (0 = off)
+    pos_weight: str = "full"  # per-class BCE positive weight: 'full', 'sqrt' or 'none'
+    mixed_precision: str = "auto"  # 'auto' (bf16/fp16 on GPU, fp32 on CPU), 'no', 'fp16', 'bf16'
+    length_grouped: bool = True  # batch texts of similar length together (less padding)
+    num_workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class CVConfig:
+    n_folds: int = 5  # folds of MultilabelStratifiedKFold, 2..20
+    seed: int = 42  # seed for folds, subsetting, initialisation and shuffling
+
+
+@dataclass
+class ThresholdsConfig:
+    method: str = "optuna"  # 'optuna' (seeded TPE), 'exact' (full sweep) or 'fixed' (0.5)
+    n_trials: int = 100  # Optuna trials per label
+    low: float = 0.02  # smallest threshold searched (probability)
+    high: float = 0.98  # largest threshold searched (probability)
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
+    name: Optional[str] = None  # run directory name under runs/; None = from preset, seed, hash
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def result_dict(self) -> dict:
+        """The fields that decide the results (not where files live): used for identity."""
+        d = self.to_dict()
+        d.pop("name")
+        d["data"].pop("data_dir")
+        return d
+
+    def short_hash(self) -> str:
+        blob = json.dumps(self.result_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:8]
+
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        return f"{self.model.preset}-f{self.cv.n_folds}-s{self.cv.seed}-{self.short_hash()}"
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "cv": CVConfig,
+            "thresholds": ThresholdsConfig}
+
+CHOICES = {
+    "train.pos_weight": ("full", "sqrt", "none"),
+    "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
+    "thresholds.method": ("optuna", "exact", "fixed"),
+}
+
+
+def _parse_scalar(text: str) -> Any:
+    """A command-line value read as YAML, so `3e-5`, `true`, `null` and `[q, v]` work."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and value.strip():
+        try:
+            return float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _coerce(key: str, value: Any, annotation: Any, problems: list[str]) -> Any:
+    """Convert a YAML value to the field's type, recording a problem when it cannot be."""
+    origin = get_origin(annotation)
+    if origin is Union:
+        options = [a for a in get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        annotation = options[0]
+    elif value is None:
+        problems.append(f"{key} must be {annotation.__name__}, got null")
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{key} must be true or false, got {value!r}")
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        problems.append(f"{key} must be an integer, got {value!r}")
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        problems.append(f"{key} must be a number, got {value!r}")
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+        problems.append(f"{key} must be a string, got {value!r}")
+    else:
+        return value
+    return value
+
+
+def _close(name: str, options) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(name, list(options), n=1)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def from_dict(raw: dict, source: str = "config") -> RunConfig:
+    """Build a RunConfig from a nested dict (YAML), rejecting unknown keys and wrong types."""
+    problems: list[str] = []
+    cfg = RunConfig()
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source} must be a mapping of sections, got {type(raw).__name__}")
+    for section, values in raw.items():
+        if section == "name":
+            cfg.name = _coerce("name", values, Optional[str], problems)
+            continue
+        if section not in SECTIONS:
+            problems.append(f"unknown config section '{section}'{_close(section, list(SECTIONS) + ['name'])}")
+            continue
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            problems.append(f"{section} must be a mapping, got {values!r}")
+            continue
+        sub = getattr(cfg, section)
+        hints = get_type_hints(type(sub))
+        for key, value in values.items():
+            if key not in hints:
+                problems.append(f"unknown config key '{section}.{key}'"
+                                f"{_close(key, hints)}; valid keys: {', '.join(hints)}")
+                continue
+            setattr(sub, key, _coerce(f"{section}.{key}", value, hints[key], problems))
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    return cfg
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings to a nested dict (values parsed as YAML)."""
+    raw = json.loads(json.dumps(raw or {}))
+    problems = []
+    for item in overrides or []:
+        if "=" not in item:
+            problems.append(f"--set expects KEY=VALUE, got '{item}'")
+            continue
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) == 1 and parts[0] == "name":
+            raw["name"] = _parse_scalar(text)
+            continue
+        if len(parts) != 2:
+            problems.append(f"--set key must look like section.key (e.g. train.lr), got '{key}'")
+            continue
+        section = raw.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            problems.append(f"--set {key}: '{parts[0]}' is not a section")
+            continue
+        section[parts[1]] = _parse_scalar(text)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return raw
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check value ranges and choices; collect every problem and raise once."""
+    from pipeline import models  # late import: models imports config
+
+    p: list[str] = []
+    t, c, th, d, m = cfg.train, cfg.cv, cfg.thresholds, cfg.data, cfg.model
+    if not 2 <= c.n_folds <= 20:
+        p.append(f"cv.n_folds must be in [2, 20], got {c.n_folds}")
+    if d.max_rows is not None and d.max_rows < 2 * c.n_folds:
+        p.append(f"data.max_rows must be at least 2 * cv.n_folds = {2 * c.n_folds}, got {d.max_rows}")
+    if m.preset not in models.PRESETS:
+        p.append(models.unknown_preset_message(m.preset))
+    if m.max_length is not None and m.max_length < 4:
+        p.append(f"model.max_length must be >= 4 tokens, got {m.max_length}")
+    for key in ("dropout", "backbone_dropout"):
+        value = getattr(m, key)
+        if value is not None and not 0 <= value < 1:
+            p.append(f"model.{key} must be in [0, 1), got {value}")
+    for key in ("lr", "head_lr"):
+        value = getattr(t, key)
+        if value is not None and not 0 < value < 1:
+            p.append(f"train.{key} must be in (0, 1), got {value}")
+    for key in ("batch_size",):
+        value = getattr(t, key)
+        if value is not None and value < 1:
+            p.append(f"train.{key} must be >= 1, got {value}")
+    for key in ("eval_batch_size", "grad_accum_steps", "epochs"):
+        if getattr(t, key) < 1:
+            p.append(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    for key in ("max_steps", "patience", "num_workers"):
+        if getattr(t, key) < 0:
+            p.append(f"train.{key} must be >= 0, got {getattr(t, key)}")
+    if not 0 <= t.warmup_ratio < 1:
+        p.append(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+    if t.weight_decay < 0:
+        p.append(f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    if t.max_grad_norm < 0:
+        p.append(f"train.max_grad_norm must be >= 0, got {t.max_grad_norm}")
+    if th.n_trials < 1:
+        p.append(f"thresholds.n_trials must be >= 1, got {th.n_trials}")
+    if not 0 < th.low < th.high < 1:
+        p.append(f"thresholds.low and thresholds.high must satisfy 0 < low < high < 1, got {th.low}, {th.high}")
+    for key, options in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in options:
+            p.append(f"{key} must be one of {', '.join(options)}, got {value!r}")
+    if cfg.name is not None and (not cfg.name or "/" in cfg.name or cfg.name.startswith(".")):
+        p.append(f"name must be a plain folder name, got {cfg.name!r}")
+    from competition import COMPETITIONS
+
+    if d.competition not in COMPETITIONS:
+        p.append(f"data.competition '{d.competition}' is unknown{_close(d.competition, COMPETITIONS)}; "
+                 f"available: {', '.join(sorted(COMPETITIONS))}")
+    if p:
+        raise ConfigError("invalid config: " + "; ".join(p))
+    return cfg
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> RunConfig:
+    """Read a YAML file (optional), apply overrides, validate. Returns the resolved config."""
+    raw: dict = {}
+    source = "config"
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        source = str(path)
+    raw = apply_overrides(raw, overrides or [])
+    return validate(from_dict(raw, source))
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    from pipeline.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def read_saved_config(path: Path) -> RunConfig:
+    return from_dict(yaml.safe_load(Path(path).read_text(encoding="utf-8")), str(path))
+
+
+def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts, as 'key: a -> b'."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += diff_configs(va, vb, name + ".")
+        elif va != vb:
+            out.append(f"{name}: {va!r} -> {vb!r}")
+    return out

@@ -1,0 +1,60 @@
+"""The `tfidf-lr` preset: word and character TF-IDF, one logistic regression per label.
+
+Vectorizers are fitted on the training fold only; it returns the same `FoldResult` as the
+neural loop (logits are the regressions' decision values), so folds, OOF, thresholds and
+submissions take the same path.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from scipy.sparse import hstack
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from pipeline.config import RunConfig
+from pipeline.losses import pos_weights
+from pipeline.train import FoldResult
+
+
+def _vectorizers():
+    word = TfidfVectorizer(analyzer="word", ngram_range=(1, 2), min_df=2, sublinear_tf=True,
+                           lowercase=True, token_pattern=r"(?u)[#@]?\w+|[^\w\s]")
+    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True,
+                           lowercase=True, max_features=200_000)
+    return word, char
+
+
+C = 2.0  # inverse L2 strength; chosen by OOF macro-F1 on the emotion data (docs/BENCHMARKS.md)
+
+
+def fit_tfidf_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
+                   train_texts: list, test_texts: list) -> FoldResult:
+    """folds: (n_train,) fold per row; labels: (n_train, n_labels) 0/1. Fits on folds != fold."""
+    train_idx = np.flatnonzero(folds != fold)
+    val_idx = np.flatnonzero(folds == fold)
+    start = time.perf_counter()
+    word, char = _vectorizers()
+    fit_texts = [train_texts[i] for i in train_idx]
+    x_train = hstack([word.fit_transform(fit_texts), char.fit_transform(fit_texts)]).tocsr()
+    weights = pos_weights(labels[train_idx], cfg.train.pos_weight)
+    models = []
+    for j in range(labels.shape[1]):
+        y = labels[train_idx, j]
+        clf = LogisticRegression(C=C, solver="liblinear", class_weight={0: 1.0, 1: float(weights[j])},
+                                 max_iter=1000, random_state=cfg.cv.seed)
+        clf.fit(x_train, y)
+        models.append(clf)
+    train_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    val_texts = [train_texts[i] for i in val_idx]
+    x_val = hstack([word.transform(val_texts), char.transform(val_texts)]).tocsr()
+    x_test = hstack([word.transform(test_texts), char.transform(test_texts)]).tocsr()
+    val_logits = np.column_stack([m.decision_function(x_val) for m in models]).astype(np.float32)
+    test_logits = np.column_stack([m.decision_function(x_test) for m in models]).astype(np.float32)
+    predict_seconds = time.perf_counter() - start
+    return FoldResult(fold, val_idx, val_logits, test_logits, best_epoch=1, history=[],
+                      train_seconds=train_seconds, train_examples=len(train_idx),
+                      predict_seconds=predict_seconds, predict_examples=len(val_idx) + len(test_texts))

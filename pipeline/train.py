@@ -1,0 +1,272 @@
+"""The only training loop, on `accelerate`: `train_fold(...)` fits one fold and predicts.
+
+AdamW with warmup and linear decay, gradient accumulation through `accelerator.accumulate`,
+clipping on sync steps, per-epoch validation with early stopping (best epoch's weights kept),
+dynamic padding and length-grouped batches over texts tokenized once per run.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.config import RunConfig
+from pipeline.errors import ConfigError
+from pipeline.losses import bce_loss
+from pipeline.metrics import macro_f1
+from pipeline.models import build_model, get_preset
+
+
+@dataclass
+class Encoded:
+    """Token ids of every text, computed once per run (no padding)."""
+    train: list  # list of lists of token ids, in train.csv order
+    test: list
+    pad_id: int
+    padding_side: str
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    val_index: np.ndarray  # (n_val,) row positions in train.csv
+    val_logits: np.ndarray  # (n_val, n_labels)
+    test_logits: np.ndarray  # (n_test, n_labels)
+    best_epoch: int  # 1-based
+    history: list = field(default_factory=list)  # one dict per epoch
+    train_seconds: float = 0.0
+    train_examples: int = 0  # examples seen in training (epochs x fold size)
+    predict_seconds: float = 0.0
+    predict_examples: int = 0  # validation + test examples predicted
+
+
+def tokenize(tokenizer, texts: list, max_length: int) -> list:
+    """Token ids per text, truncated to max_length tokens, unpadded."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+class _Rows(Dataset):
+    def __init__(self, input_ids: list, index: np.ndarray, labels: Optional[np.ndarray]):
+        self.input_ids, self.index, self.labels = input_ids, index, labels
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        row = int(self.index[i])
+        item = {"row": row, "input_ids": self.input_ids[row]}
+        if self.labels is not None:
+            item["labels"] = self.labels[row]
+        return item
+
+
+class _Collate:
+    def __init__(self, pad_id: int, padding_side: str):
+        self.pad_id, self.left = pad_id, padding_side == "left"
+
+    def __call__(self, items):
+        width = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for i, it in enumerate(items):
+            n = len(it["input_ids"])
+            cols = slice(width - n, width) if self.left else slice(0, n)
+            ids[i, cols] = torch.tensor(it["input_ids"], dtype=torch.long)
+            mask[i, cols] = 1
+        batch = {"row": torch.tensor([it["row"] for it in items]), "input_ids": ids, "attention_mask": mask}
+        if "labels" in items[0]:
+            batch["labels"] = torch.tensor(np.stack([it["labels"] for it in items]), dtype=torch.float32)
+        return batch
+
+
+class LengthGroupedBatches:
+    """Shuffled batches of similar-length texts: shuffle, cut into chunks of 50 batches,
+    sort each chunk by length, batch it, shuffle the batches. Reseeded per pass, so each
+    epoch differs but a rerun with the same seed gives the same batches."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, grouped: bool = True):
+        self.lengths, self.batch_size, self.seed, self.grouped = lengths, batch_size, seed, grouped
+        self.passes = 0
+
+    def __len__(self):
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.passes])
+        self.passes += 1
+        order = rng.permutation(len(self.lengths))
+        bs = self.batch_size
+        if self.grouped:
+            chunk = bs * 50
+            order = np.concatenate([sorted(order[i:i + chunk], key=lambda k: -self.lengths[k])
+                                    for i in range(0, len(order), chunk)])
+        batches = [order[i:i + bs].tolist() for i in range(0, len(order), bs)]
+        for b in rng.permutation(len(batches)):
+            yield batches[b]
+
+
+def _sorted_batches(lengths: np.ndarray, batch_size: int) -> list:
+    """Prediction batches in decreasing length (least padding, fixed order)."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+def resolve_precision(setting: str) -> str:
+    """'auto' becomes bf16 (or fp16) on a CUDA GPU and 'no' on CPU, where bf16 is ~150x slower."""
+    cuda = torch.cuda.is_available()
+    if setting == "auto":
+        if not cuda:
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if setting in ("bf16", "fp16") and not cuda:
+        raise ConfigError(f"train.mixed_precision={setting} needs a CUDA GPU; on this CPU use 'no' or "
+                          f"'auto' (bf16 matrix products run about 150x slower than fp32 here)")
+    return setting
+
+
+def _param_groups(model, cfg: RunConfig, lr: float) -> list:
+    head_lr = cfg.train.head_lr or lr
+    groups = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim < 2  # biases and LayerNorm weights
+        is_head = name.startswith("head.")
+        key = (is_head, no_decay)
+        groups.setdefault(key, {"params": [], "lr": head_lr if is_head else lr,
+                                "weight_decay": 0.0 if no_decay else cfg.train.weight_decay})
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+def predict_logits(model, accelerator, input_ids: list, index: np.ndarray, batch_size: int,
+                   collate: _Collate) -> np.ndarray:
+    """Logits (len(index), n_labels) for the given rows, in the order of `index`."""
+    lengths = np.array([len(input_ids[i]) for i in index])
+    loader = DataLoader(_Rows(input_ids, index, None), batch_sampler=_sorted_batches(lengths, batch_size),
+                        collate_fn=collate)
+    loader = accelerator.prepare_data_loader(loader)
+    model.eval()
+    rows, outs = [], []
+    with torch.no_grad():
+        for batch in loader:
+            logits = model(batch["input_ids"], batch["attention_mask"])
+            r, lg = accelerator.gather_for_metrics((batch["row"], logits.float()))
+            rows.append(r.cpu().numpy())
+            outs.append(lg.cpu().numpy())
+    rows_all, logits_all = np.concatenate(rows), np.concatenate(outs)
+    position = {r: i for i, r in enumerate(index)}
+    result = np.zeros((len(index), logits_all.shape[1]), dtype=np.float32)
+    result[[position[r] for r in rows_all]] = logits_all
+    return result
+
+
+def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray, encoded: Encoded,
+               accelerator, progress: Optional[Callable] = None, tokenizer=None) -> FoldResult:
+    """Fit the preset on rows with folds != fold, keep the best epoch, predict fold rows and test.
+
+    folds: (n_train,) fold per row; labels: (n_train, n_labels) 0/1.
+    progress: a tqdm-like factory (iterable, total, desc) or None for quiet.
+    """
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    preset = get_preset(cfg.model.preset)
+    tcfg = cfg.train
+    lr = tcfg.lr or preset.lr
+    batch_size = tcfg.batch_size or preset.batch_size
+    train_idx = np.flatnonzero(folds != fold)
+    val_idx = np.flatnonzero(folds == fold)
+    set_seed(cfg.cv.seed + fold)
+    model, _ = build_model(cfg.model, labels.shape[1], tokenizer)
+    loss_fn = bce_loss(labels[train_idx], tcfg.pos_weight).to(accelerator.device)
+    collate = _Collate(encoded.pad_id, encoded.padding_side)
+    lengths = np.array([len(encoded.train[i]) for i in train_idx])
+    sampler = LengthGroupedBatches(lengths, batch_size, cfg.cv.seed * 1000 + fold, tcfg.length_grouped)
+    # the sampler yields positions into train_idx; map them to rows through the dataset
+    train_rows = _Rows(encoded.train, train_idx, labels)
+    loader = DataLoader(train_rows, batch_sampler=sampler, collate_fn=collate, num_workers=tcfg.num_workers)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg, lr), lr=lr)
+    steps_per_epoch = math.ceil(len(sampler) / tcfg.grad_accum_steps)
+    total_steps = steps_per_epoch * tcfg.epochs
+    if tcfg.max_steps:
+        total_steps = min(total_steps, tcfg.max_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(tcfg.warmup_ratio * total_steps), total_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    best_score, best_epoch, best_state, best_val_logits = -1.0, 0, None, None
+    history, steps, stale = [], 0, 0
+    train_seconds = predict_seconds = 0.0
+    train_examples = predict_examples = 0
+    for epoch in range(1, tcfg.epochs + 1):
+        model.train()
+        start = time.perf_counter()
+        batches = loader
+        bar = None
+        if progress is not None:
+            bar = progress(loader, total=len(loader),
+                           desc=f"fold {fold + 1}/{cfg.cv.n_folds} epoch {epoch}/{tcfg.epochs}")
+            batches = bar
+        running, seen = 0.0, 0
+        for batch in batches:
+            with accelerator.accumulate(model):
+                logits = model(batch["input_ids"], batch["attention_mask"])
+                loss = loss_fn(logits.float(), batch["labels"])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and tcfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                steps += 1
+            n = batch["input_ids"].shape[0]
+            seen += n
+            running = 0.98 * running + 0.02 * loss.item() if seen > n else loss.item()
+            if bar is not None:
+                bar.set_postfix(loss=f"{running:.4f}", step=steps)
+            if tcfg.max_steps and steps >= tcfg.max_steps:
+                break
+        train_seconds += time.perf_counter() - start
+        train_examples += seen * accelerator.num_processes
+
+        start = time.perf_counter()
+        val_logits = predict_logits(model, accelerator, encoded.train, val_idx, tcfg.eval_batch_size, collate)
+        predict_seconds += time.perf_counter() - start
+        predict_examples += len(val_idx)
+        val_labels = labels[val_idx]
+        val_loss = float(torch.nn.functional.binary_cross_entropy_with_logits(
+            torch.from_numpy(val_logits), torch.from_numpy(val_labels.astype(np.float32))))
+        score = macro_f1(val_labels, (val_logits > 0).astype(np.int8))
+        history.append({"epoch": epoch, "train_loss": round(running, 5), "val_loss": round(val_loss, 5),
+                        "val_macro_f1_at_0.5": round(score, 5), "optimizer_steps": steps})
+        if score > best_score:
+            best_score, best_epoch, stale = score, epoch, 0
+            best_val_logits = val_logits
+            if epoch < tcfg.epochs:
+                best_state = {k: v.detach().to("cpu", copy=True)
+                              for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            else:
+                best_state = None  # the live weights are the best ones
+        else:
+            stale += 1
+        if tcfg.max_steps and steps >= tcfg.max_steps:
+            break
+        if tcfg.patience and stale >= tcfg.patience:
+            break
+    if best_state is not None and best_epoch != history[-1]["epoch"]:
+        accelerator.unwrap_model(model).load_state_dict(best_state)
+    start = time.perf_counter()
+    test_logits = predict_logits(model, accelerator, encoded.test, np.arange(len(encoded.test)),
+                                 tcfg.eval_batch_size, collate)
+    predict_seconds += time.perf_counter() - start
+    predict_examples += len(encoded.test)
+    accelerator.free_memory()
+    del model, optimizer, best_state
+    return FoldResult(fold, val_idx, best_val_logits, test_logits, best_epoch, history,
+                      train_seconds, train_examples, predict_seconds, predict_examples)

@@ -1,0 +1,67 @@
+"""Shared fixtures: a small generated competition folder in tmp_path, and the real data's location."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+LABELS = ["anger", "fear", "joy", "trust"]
+CUES = {"anger": ["furious", "rage", "hate"], "fear": ["scared", "afraid", "terror"],
+        "joy": ["happy", "delight", "smile"], "trust": ["reliable", "faith", "loyal"]}
+FILLER = ["the", "day", "was", "really", "just", "some", "people", "today", "this", "morning", "again"]
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emotion-detection-fall-2024"
+
+
+def make_frames(n_train: int = 160, n_test: int = 40, seed: int = 0):
+    """Tweets whose words reveal their labels (so a model can learn), plus the sample submission."""
+    rng = np.random.default_rng(seed)
+
+    def texts_and_labels(n):
+        labels = (rng.random((n, len(LABELS))) < [0.4, 0.3, 0.35, 0.2]).astype(int)
+        texts = []
+        for row in labels:
+            words = list(rng.choice(FILLER, 5))
+            for j, on in enumerate(row):
+                if on:
+                    words.append(rng.choice(CUES[LABELS[j]]))
+            rng.shuffle(words)
+            texts.append(" ".join(words) + ("!" if rng.random() < 0.3 else ""))
+        return texts, labels
+
+    train_texts, train_labels = texts_and_labels(n_train)
+    train = pd.DataFrame({"ID": [f"2017-{i:05d}" for i in range(n_train)], "Tweet": train_texts})
+    for j, col in enumerate(LABELS):
+        train[col] = train_labels[:, j]
+    test_texts, _ = texts_and_labels(n_test)
+    test = pd.DataFrame({"ID": [f"2018-{i:05d}" for i in range(n_test)], "Tweet": test_texts})
+    sample = pd.DataFrame({"ID": test["ID"]})
+    for col in LABELS:
+        sample[col] = 0
+    return train, test, sample
+
+
+def write_competition(folder: Path, train: pd.DataFrame, test: pd.DataFrame, sample: pd.DataFrame) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    train.to_csv(folder / "train.csv", index=False)
+    test.to_csv(folder / "test.csv", index=False)
+    sample.to_csv(folder / "sample_submission.csv", index=False)
+    return folder
+
+
+@pytest.fixture
+def frames():
+    return make_frames()
+
+
+@pytest.fixture
+def comp_dir(tmp_path, frames) -> Path:
+    return write_competition(tmp_path / "comp", *frames)
+
+
+@pytest.fixture(autouse=True)
+def _chdir(tmp_path, monkeypatch):
+    # runs/ and submissions/ default to the working directory: keep them out of the checkout
+    monkeypatch.chdir(tmp_path)

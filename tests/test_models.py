@@ -1,0 +1,66 @@
+"""The preset registry, model building and pooling over non-pad tokens for both padding sides."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.config import ModelConfig, validate, RunConfig
+from pipeline.errors import ConfigError
+from pipeline.models import PRESETS, build_model, get_preset, pool
+
+
+def test_registry_has_the_issue_presets():
+    expected = {"minilm-l6", "distilbert-base-uncased", "distilroberta-base", "roberta-base", "deberta-v3-base",
+                "tiny-encoder", "tfidf-lr"}
+    assert expected <= set(PRESETS)
+    for preset in PRESETS.values():
+        assert preset.kind in ("encoder", "tfidf")
+        if preset.kind == "encoder" and preset.tiny is None:
+            assert preset.hf_id, preset.name
+        cfg = RunConfig()
+        cfg.model.preset = preset.name
+        validate(cfg)
+
+
+def test_unknown_preset_suggests_closest():
+    with pytest.raises(ConfigError, match=r"unknown model preset 'robreta-base'; did you mean 'roberta-base'.*"
+                                          r"available: minilm-l6"):
+        get_preset("robreta-base")
+
+
+def test_tiny_encoder_builds_and_predicts():
+    torch.manual_seed(0)
+    model, tok = build_model(ModelConfig(preset="tiny-encoder"), n_labels=3)
+    batch = tok(["hello there", "a much longer sentence than that one"], padding=True, return_tensors="pt")
+    logits = model(batch["input_ids"], batch["attention_mask"])
+    assert logits.shape == (2, 3)
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
+
+
+def test_minilm_loads_real_weights_offline():
+    model, tok = build_model(ModelConfig(preset="minilm-l6"), n_labels=11)
+    assert model.backbone.config.hidden_size == 384 and model.backbone.config.num_hidden_layers == 6
+    assert not model.backbone.get_input_embeddings().weight.requires_grad  # preset freezes embeddings
+    model2, _ = build_model(ModelConfig(preset="minilm-l6"), n_labels=11, tokenizer=tok)
+    w1 = model.backbone.encoder.layer[0].attention.self.query.weight
+    w2 = model2.backbone.encoder.layer[0].attention.self.query.weight
+    assert torch.equal(w1, w2)  # pretrained, not random
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_pooling_uses_only_real_tokens(side):
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)  # value = position index + 4*row
+    if side == "right":
+        mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+        last = [2, 1]
+        real = [[0, 1, 2], [0, 1]]
+    else:
+        mask = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
+        last = [3, 3]
+        real = [[1, 2, 3], [2, 3]]
+    got_last = pool(hidden, mask, "last").squeeze(-1)
+    assert got_last.tolist() == [hidden[0, last[0], 0].item(), hidden[1, last[1], 0].item()]
+    got_mean = pool(hidden, mask, "mean").squeeze(-1)
+    expected = [hidden[r, real[r], 0].mean().item() for r in range(2)]
+    assert got_mean.tolist() == pytest.approx(expected)
+    assert pool(hidden, mask, "cls").squeeze(-1).tolist() == [0.0, 4.0]

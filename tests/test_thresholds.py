@@ -1,0 +1,57 @@
+"""Threshold tuning: recovers a planted threshold, matches the exact sweep, is reproducible."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from pipeline.thresholds import ThresholdTuner, exact_threshold, f1_at
+
+
+def logistic_oof(n=4000, rates=(0.37, 0.14, 0.38, 0.05, 0.3), seed=0):
+    """Probabilities shaped like a real model's OOF: noisy logits, shifted per label."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, len(rates))) < rates).astype(int)
+    logits = rng.normal(0, 1.3, labels.shape) + 2.2 * labels - rng.uniform(0.5, 2.5, len(rates))
+    return 1 / (1 + np.exp(-logits)), labels
+
+
+def test_recovers_planted_threshold():
+    rng = np.random.default_rng(1)
+    probs = rng.random((3000, 3))
+    planted = np.array([0.23, 0.61, 0.8])
+    labels = (probs >= planted).astype(int)  # perfectly separable at the planted cut
+    tuner = ThresholdTuner("optuna", n_trials=60, seed=0).fit(probs, labels)
+    np.testing.assert_allclose(tuner.thresholds_, planted, atol=0.01)
+    assert np.all(tuner.f1_ >= 0.99)
+    assert (tuner.predict(probs) == labels).mean() > 0.999
+
+
+def test_exact_sweep_is_the_true_optimum():
+    probs, labels = logistic_oof(n=600)
+    for j in range(labels.shape[1]):
+        t, best = exact_threshold(probs[:, j], labels[:, j])
+        brute = max(f1_score(labels[:, j], probs[:, j] >= c, zero_division=0) for c in np.unique(probs[:, j]))
+        assert best == pytest.approx(brute, abs=1e-12)
+        assert f1_at(probs[:, j], labels[:, j], t) == pytest.approx(best, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_optuna_within_0002_of_exact(seed):
+    probs, labels = logistic_oof(seed=seed)
+    tuner = ThresholdTuner("optuna", n_trials=100, seed=seed).fit(probs, labels)
+    exact = np.array([exact_threshold(probs[:, j], labels[:, j], 0.02, 0.98)[1] for j in range(labels.shape[1])])
+    assert np.all(exact - tuner.f1_ <= 0.002), exact - tuner.f1_
+    assert np.all(tuner.f1_ <= exact + 1e-12)
+
+
+def test_same_oof_same_thresholds():
+    probs, labels = logistic_oof(seed=5)
+    a = ThresholdTuner("optuna", n_trials=50, seed=3).fit(probs, labels).thresholds_
+    b = ThresholdTuner("optuna", n_trials=50, seed=3).fit(probs, labels).thresholds_
+    np.testing.assert_array_equal(a, b)
+
+
+def test_fixed_method_is_half():
+    probs, labels = logistic_oof(n=100)
+    np.testing.assert_array_equal(ThresholdTuner("fixed").fit(probs, labels).thresholds_, 0.5)
