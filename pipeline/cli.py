@@ -17,8 +17,14 @@ log = logging.getLogger("pipeline")
 
 
 def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    """Our messages go to stderr through one handler on the 'pipeline' logger; libraries stay quiet."""
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    for handler in [h for h in log.handlers if getattr(h, "_pipeline", False)]:
+        log.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    handler._pipeline = True
+    log.addHandler(handler)
     for noisy in ("transformers", "accelerate", "optuna"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
@@ -48,9 +54,23 @@ def cv_parser() -> argparse.ArgumentParser:
                    help="override one config key, e.g. --set train.lr=3e-5 (repeatable)")
     p.add_argument("--max-rows", type=int, help="train on a stratified subset of N rows for quick trials "
                    "(the test set stays whole, so the submission stays valid)")
+    p.add_argument("--fold", type=int, help="run only this fold (0-based) into the shared run directory; "
+                   "once every fold is there the run is assembled (for SLURM arrays or one GPU per fold)")
+    p.add_argument("--merge", action="store_true", help="train nothing: assemble OOF, thresholds and report "
+                   "from the finished folds in the run directory (all must be present)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info lines (for CI)")
     p.add_argument("--list-models", action="store_true", help="print the model presets and exit")
     return p
+
+
+def config_from_args(args: argparse.Namespace):
+    """The RunConfig a `run_cv.py` command line asks for: --config, then flags, then --set overrides."""
+    from pipeline.config import load_config
+
+    flags = {"model.preset": args.model, "cv.n_folds": args.folds, "cv.seed": args.seed,
+             "data.data_dir": args.data_dir, "data.max_rows": args.max_rows}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.overrides
+    return load_config(args.config, overrides)
 
 
 @_guard
@@ -63,16 +83,15 @@ def run_cv_main(argv: Optional[list] = None) -> int:
             print(f"{preset.name:26s} {preset.kind:8s} {preset.description}")
         return 0
     _setup_logging(args.quiet)
-    from pipeline.config import load_config
-
-    flags = {"model.preset": args.model, "cv.n_folds": args.folds, "cv.seed": args.seed,
-             "data.data_dir": args.data_dir, "data.max_rows": args.max_rows}
-    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.overrides
-    cfg = load_config(args.config, overrides)
+    cfg = config_from_args(args)
     from pipeline.cv import run_cv
 
-    run_dir = run_cv(cfg, Path(args.run_dir) if args.run_dir else None, quiet=args.quiet)
-    print(f"run complete: {run_dir} (report: {run_dir / 'report.md'})")
+    run_dir = run_cv(cfg, Path(args.run_dir) if args.run_dir else None, quiet=args.quiet,
+                     only_fold=args.fold, merge_only=args.merge)
+    if (run_dir / "report.json").is_file():
+        print(f"run complete: {run_dir} (report: {run_dir / 'report.md'})")
+    else:
+        print(f"fold {args.fold} finished in {run_dir}; the run is assembled when every fold is there")
     return 0
 
 

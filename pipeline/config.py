@@ -51,6 +51,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # 'auto' (bf16/fp16 on GPU, fp32 on CPU), 'no', 'fp16', 'bf16'
     length_grouped: bool = True  # batch texts of similar length together (less padding)
     num_workers: int = 0  # DataLoader worker processes
+    checkpoint_every: int = 0  # save a resumable checkpoint every N optimizer steps (0 = only finished folds)
 
 
 @dataclass
@@ -84,6 +85,7 @@ class RunConfig:
         d = self.to_dict()
         d.pop("name")
         d["data"].pop("data_dir")
+        d["train"].pop("checkpoint_every")  # resuming from a checkpoint gives identical results
         return d
 
     def short_hash(self) -> str:
@@ -246,7 +248,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key in ("eval_batch_size", "grad_accum_steps", "epochs"):
         if getattr(t, key) < 1:
             p.append(f"train.{key} must be >= 1, got {getattr(t, key)}")
-    for key in ("max_steps", "patience", "num_workers"):
+    for key in ("max_steps", "patience", "num_workers", "checkpoint_every"):
         if getattr(t, key) < 0:
             p.append(f"train.{key} must be >= 0, got {getattr(t, key)}")
     if not 0 <= t.warmup_ratio < 1:
@@ -293,14 +295,21 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     return validate(from_dict(raw, source))
 
 
-def save_config(cfg: RunConfig, path: Path) -> None:
+def save_config(cfg: RunConfig, path: Path, runtime: Optional[dict] = None) -> None:
+    """Write the resolved config; `runtime` records changes made while running (e.g. after OOM)."""
     from pipeline.io import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    data = cfg.to_dict()
+    if runtime:
+        data["runtime"] = runtime
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def read_saved_config(path: Path) -> RunConfig:
-    return from_dict(yaml.safe_load(Path(path).read_text(encoding="utf-8")), str(path))
+    """The config a run was started with (a `runtime` section, if any, is left out)."""
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    raw.pop("runtime", None)
+    return from_dict(raw, str(path))
 
 
 def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -1,23 +1,27 @@
 """The K-fold run: data, folds, each fold (resumable), then OOF, test means, thresholds, report.
 
-Run directory `runs/<name>/`: config.yaml, folds.csv, folds/fold_<k>/ (oof.csv, test_probs.csv,
-result.json written last), oof.csv, test_probs.csv, thresholds.json, report.md, report.json
-(written last: its presence marks a completed run).
+Run directory `runs/<name>/`: config.yaml, folds.csv, status.json, folds/fold_<k>/ (oof.csv,
+test_probs.csv, result.json written last, checkpoint/ while a fold trains), oof.csv, test_probs.csv,
+thresholds.json, report.md, report.json (written last: its presence marks a completed run).
 """
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from pipeline.config import RunConfig, diff_configs, read_saved_config, save_config
 from pipeline.data import CompetitionData, load_competition_data
-from pipeline.errors import RunDirError
+from pipeline.errors import ConfigError, RunDirError
 from pipeline.folds import load_folds, make_folds, save_folds, sparse_label_warnings, stratified_subset
 from pipeline.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from pipeline.models import get_preset
@@ -40,8 +44,11 @@ def subset_data(data: CompetitionData, max_rows: Optional[int], seed: int) -> Co
                            data.sample, data.label_cols, data.labels[keep])
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
-    """Create the run directory, or check that an existing one was made with the same config."""
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, create: bool = True) -> None:
+    """Check that an existing run directory was made with the same config; create it if new.
+
+    Every process checks (so all refuse together); only the one with `create` writes.
+    """
     saved = run_dir / "config.yaml"
     if saved.is_file():
         old = read_saved_config(saved)
@@ -49,17 +56,23 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
         if diffs:
             raise RunDirError(f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); "
                               f"use another --run-dir or rerun with the saved config {saved}")
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif run_dir.exists() and any(p.name != "config.yaml" for p in run_dir.iterdir()) and create:
         raise RunDirError(f"{run_dir} is not empty and has no config.yaml; it is not a run directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, saved)
+    elif create:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, saved)
 
 
 def _fold_dir(run_dir: Path, fold: int) -> Path:
     return run_dir / "folds" / f"fold_{fold}"
 
 
-def _save_fold(run_dir: Path, result, train_ids, test_ids, label_cols: list) -> None:
+def folds_digest(folds: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(folds, dtype=np.int64).tobytes()).hexdigest()[:12]
+
+
+def _save_fold(run_dir: Path, result, train_ids, test_ids, label_cols: list, identity: dict,
+               adjustments: list) -> None:
     out = _fold_dir(run_dir, result.fold)
     oof = pd.DataFrame(sigmoid(result.val_logits), columns=label_cols)
     oof.insert(0, "id", train_ids[result.val_index])
@@ -67,35 +80,70 @@ def _save_fold(run_dir: Path, result, train_ids, test_ids, label_cols: list) -> 
     test = pd.DataFrame(sigmoid(result.test_logits), columns=label_cols)
     test.insert(0, "id", test_ids)
     atomic_write_csv(out / "test_probs.csv", test)
-    atomic_write_json(out / "result.json", {
-        "fold": result.fold, "best_epoch": result.best_epoch, "history": result.history,
+    atomic_write_json(out / "result.json", {  # written last: its presence marks a finished fold
+        "fold": result.fold, **identity, "best_epoch": result.best_epoch, "history": result.history,
         "n_val": int(len(result.val_index)), "train_seconds": result.train_seconds,
         "train_examples": result.train_examples, "predict_seconds": result.predict_seconds,
-        "predict_examples": result.predict_examples})
+        "predict_examples": result.predict_examples, "adjustments": adjustments})
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
 
 
-def _load_fold(run_dir: Path, fold: int) -> Optional[dict]:
+def _load_fold(run_dir: Path, fold: int, identity: dict) -> Optional[dict]:
+    """A finished fold's outputs, or None; refuses a fold made by another config or fold split."""
     out = _fold_dir(run_dir, fold)
     if not (out / "result.json").is_file():
         return None
     info = json.loads((out / "result.json").read_text())
+    for key, value in identity.items():
+        if info.get(key) != value:
+            what = "config" if key == "config_hash" else "fold split"
+            raise RunDirError(f"{out} was made with a different {what} ({key} {info.get(key)} vs {value} now); "
+                              f"delete that folder or use another --run-dir")
     info["oof"] = pd.read_csv(out / "oof.csv", dtype={"id": str})
     info["test"] = pd.read_csv(out / "test_probs.csv", dtype={"id": str})
     return info
 
 
+class StatusFile:
+    """A small JSON file another terminal can read: fold, epoch, step, last metric, time."""
+
+    def __init__(self, path: Path, enabled: bool, every_seconds: float = 5.0):
+        self.path, self.enabled, self.every = path, enabled, every_seconds
+        self.facts: dict = {}
+        self.last_write = 0.0
+        self.started = time.time()
+
+    def update(self, force: bool = False, **facts) -> None:
+        if not self.enabled:
+            return
+        changed = facts.get("phase", self.facts.get("phase")) != self.facts.get("phase")
+        self.facts.update(facts)
+        now = time.time()
+        # every change of phase is written; steps within a phase at most every few seconds
+        if force or changed or now - self.last_write >= self.every:
+            self.facts.update(updated=time.strftime("%Y-%m-%d %H:%M:%S"), elapsed_seconds=round(now - self.started, 1))
+            atomic_write_json(self.path, self.facts)
+            self.last_write = now
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch_oom_types()) or "out of memory" in str(exc).lower()
+
+
+def torch_oom_types() -> tuple:
+    import torch
+
+    return (torch.OutOfMemoryError,) if hasattr(torch, "OutOfMemoryError") else (torch.cuda.OutOfMemoryError,)
+
+
 class _NeuralFolds:
     """Tokenizes train and test once per run, then trains folds through the one loop."""
 
-    def __init__(self, cfg: RunConfig, data: CompetitionData, quiet: bool):
-        from accelerate import Accelerator
-
+    def __init__(self, cfg: RunConfig, data: CompetitionData, quiet: bool, accelerator):
         from pipeline.models import load_tokenizer, max_length
-        from pipeline.train import Encoded, resolve_precision, tokenize
+        from pipeline.train import Encoded, tokenize
 
-        self.cfg, self.data = cfg, data
-        self.accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum_steps,
-                                       mixed_precision=resolve_precision(cfg.train.mixed_precision))
+        self.cfg, self.data, self.accelerator = cfg, data, accelerator
         self.tokenizer = load_tokenizer(cfg.model)
         length = max_length(cfg.model)
         start = time.perf_counter()
@@ -110,20 +158,20 @@ class _NeuralFolds:
 
             from tqdm.auto import tqdm
             self.progress = partial(tqdm, leave=False, dynamic_ncols=True,
-                                    disable=not self.accelerator.is_local_main_process)
+                                    disable=not accelerator.is_local_main_process)
 
-    def __call__(self, fold: int, folds: np.ndarray):
+    def __call__(self, fold: int, folds: np.ndarray, checkpoint_dir: Optional[Path] = None, status=None):
         from pipeline.train import train_fold
 
         return train_fold(self.cfg, fold, folds, self.data.labels, self.encoded, self.accelerator,
-                          self.progress, self.tokenizer)
+                          self.progress, self.tokenizer, checkpoint_dir, status)
 
 
 class _TfidfFolds:
-    def __init__(self, cfg: RunConfig, data: CompetitionData, quiet: bool):
+    def __init__(self, cfg: RunConfig, data: CompetitionData, quiet: bool, accelerator):
         self.cfg, self.data = cfg, data
 
-    def __call__(self, fold: int, folds: np.ndarray):
+    def __call__(self, fold: int, folds: np.ndarray, checkpoint_dir: Optional[Path] = None, status=None):
         from pipeline.linear import fit_tfidf_fold
 
         return fit_tfidf_fold(self.cfg, fold, folds, self.data.labels, self.data.train_texts,
@@ -137,41 +185,124 @@ def default_run_dir(cfg: RunConfig, runs_root: Path = Path("runs")) -> Path:
     return Path(runs_root) / cfg.run_name()
 
 
-def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False) -> Path:
-    """Run (or resume) every fold of `cfg` and assemble the outputs. Returns the run directory."""
+def make_accelerator(cfg: RunConfig):
+    """One Accelerator per run (processes, device, precision); the preset kind decides if it trains."""
+    from accelerate import Accelerator
+
+    from pipeline.train import resolve_precision
+
+    return Accelerator(gradient_accumulation_steps=cfg.train.grad_accum_steps,
+                       mixed_precision=resolve_precision(cfg.train.mixed_precision))
+
+
+def _train_with_oom_retry(runner, cfg: RunConfig, fold: int, folds: np.ndarray, checkpoint_dir: Path,
+                          status: StatusFile, adjustments: list):
+    """On a GPU out-of-memory error, halve the batch and double accumulation (same effective batch)."""
+    from pipeline.models import get_preset as preset_of
+
+    while True:
+        try:
+            return runner(fold, folds, checkpoint_dir, status.update)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled, others re-raised
+            batch = cfg.train.batch_size or preset_of(cfg.model.preset).batch_size
+            if not is_out_of_memory(exc) or batch <= 1:
+                raise
+            cfg.train.batch_size, cfg.train.grad_accum_steps = batch // 2, cfg.train.grad_accum_steps * 2
+            adjustments.append({"fold": fold, "batch_size": cfg.train.batch_size,
+                                "grad_accum_steps": cfg.train.grad_accum_steps})
+            log.warning("fold %d ran out of memory at batch size %d: retrying with batch size %d and %d "
+                        "accumulation steps (same effective batch)", fold, batch, cfg.train.batch_size,
+                        cfg.train.grad_accum_steps)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            accelerator = getattr(runner, "accelerator", None)
+            if accelerator is not None:
+                accelerator.free_memory()  # drops the failed attempt's model and optimizer, empties the cache
+
+
+def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
+           only_fold: Optional[int] = None, merge_only: bool = False) -> Path:
+    """Run (or resume) the folds of `cfg`, then assemble the outputs. Returns the run directory.
+
+    only_fold: run just this fold (0-based) into a shared run directory; the run is assembled once
+    every fold is present. merge_only: train nothing, assemble the finished folds (all must be there).
+    Under `accelerate launch` every process trains; only the main process writes files.
+    """
     wall_start = time.perf_counter()
     data = subset_data(load_competition_data(cfg.data), cfg.data.max_rows, cfg.cv.seed)
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
-    prepare_run_dir(cfg, run_dir)
-    train_ids, test_ids = data.train_ids, data.test_ids
     n_folds = cfg.cv.n_folds
-    for message in sparse_label_warnings(data.labels, data.label_cols, n_folds):
-        log.warning(message)
+    if only_fold is not None and not 0 <= only_fold < n_folds:
+        raise ConfigError(f"--fold must be in [0, {n_folds - 1}] for {n_folds} folds, got {only_fold}")
+    accelerator = make_accelerator(cfg)
+    main = accelerator.is_main_process
+    prepare_run_dir(cfg, run_dir, create=main)
+    accelerator.wait_for_everyone()
+    # what trains: the config, with any batch-size reduction an earlier OOM in this run made
+    saved_runtime = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("runtime") or {}
+    adjustments: list = list(saved_runtime.get("oom_adjustments", []))
+    train_cfg = copy.deepcopy(cfg)
+    if adjustments:
+        train_cfg.train.batch_size = adjustments[-1]["batch_size"]
+        train_cfg.train.grad_accum_steps = adjustments[-1]["grad_accum_steps"]
+    train_ids, test_ids = data.train_ids, data.test_ids
     folds_path = run_dir / "folds.csv"
-    if folds_path.is_file():
-        folds = load_folds(folds_path, train_ids, n_folds)
-    else:
-        folds = make_folds(data.labels, n_folds, cfg.cv.seed)
-        save_folds(folds_path, train_ids, folds)
-    log.info("run directory %s: %d training rows, %d test rows, %d folds", run_dir, len(train_ids),
-             len(test_ids), n_folds)
-
+    if main and not folds_path.is_file():
+        for message in sparse_label_warnings(data.labels, data.label_cols, n_folds):
+            log.warning(message)
+        save_folds(folds_path, train_ids, make_folds(data.labels, n_folds, cfg.cv.seed))
+    accelerator.wait_for_everyone()
+    folds = load_folds(folds_path, train_ids, n_folds)  # every stage reads the saved split
+    identity = {"config_hash": cfg.short_hash(), "folds_hash": folds_digest(folds)}
+    if main:
+        log.info("run directory %s: %d training rows, %d test rows, %d folds", run_dir, len(train_ids),
+                 len(test_ids), n_folds)
+    kind = get_preset(cfg.model.preset).kind
+    status = StatusFile(run_dir / ("status.json" if only_fold is None else f"status_fold_{only_fold}.json"),
+                        enabled=main)
+    n_adjustments = len(adjustments)
     results, runner = {}, None
-    for fold in range(n_folds):
-        done = _load_fold(run_dir, fold)
-        if done is not None:
-            log.info("fold %d/%d already finished, skipping", fold + 1, n_folds)
-            results[fold] = done
+    todo = [] if merge_only else ([only_fold] if only_fold is not None else list(range(n_folds)))
+    for fold in todo:
+        if _load_fold(run_dir, fold, identity) is not None:
+            if main:
+                log.info("fold %d/%d already finished, skipping", fold + 1, n_folds)
             continue
+        status.update(force=True, phase="starting", fold=fold, n_folds=n_folds)
         if runner is None:
-            runner = FOLD_RUNNERS[get_preset(cfg.model.preset).kind](cfg, data, quiet)
+            runner = FOLD_RUNNERS[kind](train_cfg, data, quiet, accelerator)
         start = time.perf_counter()
-        result = runner(fold, folds)
-        _save_fold(run_dir, result, train_ids, test_ids, data.label_cols)
-        results[fold] = _load_fold(run_dir, fold)
-        log.info("fold %d/%d done in %.1f s, best epoch %d", fold + 1, n_folds,
-                 time.perf_counter() - start, result.best_epoch)
-    return assemble_run(cfg, run_dir, data, folds, results, time.perf_counter() - wall_start)
+        if kind == "tfidf" and not main:
+            accelerator.wait_for_everyone()  # nothing to share: the main process fits it alone
+            continue
+        result = _train_with_oom_retry(runner, train_cfg, fold, folds, _fold_dir(run_dir, fold) / "checkpoint",
+                                       status, adjustments)
+        if main:
+            _save_fold(run_dir, result, train_ids, test_ids, data.label_cols, identity, adjustments)
+            log.info("fold %d/%d done in %.1f s, best epoch %d", fold + 1, n_folds,
+                     time.perf_counter() - start, result.best_epoch)
+        accelerator.wait_for_everyone()
+        if main and len(adjustments) > n_adjustments:
+            save_config(cfg, run_dir / "config.yaml", runtime={"oom_adjustments": adjustments})
+            n_adjustments = len(adjustments)
+    for fold in range(n_folds):
+        done = _load_fold(run_dir, fold, identity)
+        if done is not None:
+            results[fold] = done
+    missing = [k for k in range(n_folds) if k not in results]
+    if missing:
+        if only_fold is not None and not merge_only:
+            if main:
+                log.info("fold %d finished; folds %s are still missing, so the run is not assembled yet",
+                         only_fold, missing)
+            return run_dir
+        raise RunDirError(f"{run_dir} is missing folds {missing}; run them with --fold K (or without --fold) "
+                          f"before merging")
+    if not main:
+        return run_dir
+    status.update(force=True, phase="assembling")
+    out = assemble_run(cfg, run_dir, data, folds, results, time.perf_counter() - wall_start)
+    status.update(force=True, phase="done", report=str(run_dir / "report.md"))
+    return out
 
 
 def assemble_run(cfg: RunConfig, run_dir: Path, data: CompetitionData, folds: np.ndarray, results: dict,

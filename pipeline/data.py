@@ -6,6 +6,7 @@ Text is kept exactly as given (no stripping, no NaN conversion).
 from __future__ import annotations
 
 import csv
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -95,7 +96,10 @@ def _check_columns(frame: pd.DataFrame, name: str, expected: list) -> None:
         raise DataError(f"{name} has a single column {found[0]!r}: is it comma-separated? "
                         f"expected columns: {', '.join(expected)}")
     if missing:
-        raise DataError(f"{name} is missing columns {missing}; found: {', '.join(map(str, found))}")
+        hints = [difflib.get_close_matches(c, extra, n=1, cutoff=0.6) for c in missing]
+        hint = ", ".join(f"'{h[0]}'" for h in hints if h)
+        hint = f" (did you mean {hint}?)" if hint else ""
+        raise DataError(f"{name} is missing columns {missing}{hint}; found: {', '.join(map(str, found))}")
     if extra:
         raise DataError(f"{name} has unexpected columns {extra}; expected exactly: {', '.join(expected)}")
 

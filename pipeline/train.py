@@ -2,13 +2,17 @@
 
 AdamW with warmup and linear decay, gradient accumulation through `accelerator.accumulate`,
 clipping on sync steps, per-epoch validation with early stopping (best epoch's weights kept),
-dynamic padding and length-grouped batches over texts tokenized once per run.
+dynamic padding and length-grouped batches over texts tokenized once per run, and optional
+checkpoints every N optimizer steps (accelerate `save_state`) to resume inside a fold.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -20,6 +24,8 @@ from pipeline.errors import ConfigError
 from pipeline.losses import bce_loss
 from pipeline.metrics import macro_f1
 from pipeline.models import build_model, get_preset
+
+log = logging.getLogger("pipeline")
 
 
 @dataclass
@@ -160,18 +166,66 @@ def predict_logits(model, accelerator, input_ids: list, index: np.ndarray, batch
             rows.append(r.cpu().numpy())
             outs.append(lg.cpu().numpy())
     rows_all, logits_all = np.concatenate(rows), np.concatenate(outs)
+    assert set(rows_all.tolist()) == set(index.tolist()), "gathered predictions must cover every row"
     position = {r: i for i, r in enumerate(index)}
     result = np.zeros((len(index), logits_all.shape[1]), dtype=np.float32)
     result[[position[r] for r in rows_all]] = logits_all
     return result
 
 
+@dataclass
+class _LoopState:
+    """Where a fold's training stands; saved beside accelerate's state to resume inside a fold."""
+    epoch: int = 1  # current epoch, 1-based
+    batches_done: int = 0  # batches of the current epoch already trained on
+    steps: int = 0  # optimizer steps so far
+    running: float = 0.0  # smoothed training loss
+    seen: int = 0  # examples seen in the current epoch (this process)
+    best_score: float = -1.0
+    best_epoch: int = 0
+    stale: int = 0  # epochs since the best one
+    history: list = field(default_factory=list)
+    train_seconds: float = 0.0
+    train_examples: int = 0
+    predict_seconds: float = 0.0
+    predict_examples: int = 0
+
+
+def _save_checkpoint(accelerator, folder: Path, state: _LoopState, best: Optional[dict]) -> None:
+    """accelerate's state (model, optimizer, scheduler, RNGs) plus the loop state, then a marker."""
+    import json
+
+    marker = folder / "state.json"
+    if accelerator.is_main_process and marker.exists():
+        marker.unlink()  # a crash while saving must not leave an old marker over new files
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(folder / "accelerate"))
+    if accelerator.is_main_process:
+        torch.save(best, folder / "best.pt")
+        from pipeline.io import atomic_write_text
+
+        atomic_write_text(marker, json.dumps(dataclasses.asdict(state)))
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(accelerator, folder: Path):
+    import json
+
+    state = _LoopState(**json.loads((folder / "state.json").read_text()))
+    accelerator.load_state(str(folder / "accelerate"))
+    best = torch.load(folder / "best.pt", weights_only=False)
+    return state, best
+
+
 def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray, encoded: Encoded,
-               accelerator, progress: Optional[Callable] = None, tokenizer=None) -> FoldResult:
+               accelerator, progress: Optional[Callable] = None, tokenizer=None,
+               checkpoint_dir: Optional[Path] = None, status: Optional[Callable] = None) -> FoldResult:
     """Fit the preset on rows with folds != fold, keep the best epoch, predict fold rows and test.
 
     folds: (n_train,) fold per row; labels: (n_train, n_labels) 0/1.
     progress: a tqdm-like factory (iterable, total, desc) or None for quiet.
+    checkpoint_dir: where to save every `train.checkpoint_every` optimizer steps, and resume from.
+    status: called with keyword facts (phase, epoch, step, ...) as training goes.
     """
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
@@ -180,6 +234,7 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     tcfg = cfg.train
     lr = tcfg.lr or preset.lr
     batch_size = tcfg.batch_size or preset.batch_size
+    status = status or (lambda **facts: None)
     train_idx = np.flatnonzero(folds != fold)
     val_idx = np.flatnonzero(folds == fold)
     set_seed(cfg.cv.seed + fold)
@@ -188,10 +243,13 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     collate = _Collate(encoded.pad_id, encoded.padding_side)
     lengths = np.array([len(encoded.train[i]) for i in train_idx])
     sampler = LengthGroupedBatches(lengths, batch_size, cfg.cv.seed * 1000 + fold, tcfg.length_grouped)
-    # the sampler yields positions into train_idx; map them to rows through the dataset
-    train_rows = _Rows(encoded.train, train_idx, labels)
-    loader = DataLoader(train_rows, batch_sampler=sampler, collate_fn=collate, num_workers=tcfg.num_workers)
+    # the sampler yields positions into train_idx; the dataset maps them to rows
+    # a private generator: creating a loader iterator draws a seed from it, and drawing from the global
+    # RNG instead would shift dropout masks after a resume (the iterator is re-created mid-epoch)
+    loader = DataLoader(_Rows(encoded.train, train_idx, labels), batch_sampler=sampler, collate_fn=collate,
+                        num_workers=tcfg.num_workers, generator=torch.Generator().manual_seed(cfg.cv.seed + fold))
     optimizer = torch.optim.AdamW(_param_groups(model, cfg, lr), lr=lr)
+    accelerator.gradient_accumulation_steps = tcfg.grad_accum_steps
     steps_per_epoch = math.ceil(len(sampler) / tcfg.grad_accum_steps)
     total_steps = steps_per_epoch * tcfg.epochs
     if tcfg.max_steps:
@@ -199,20 +257,23 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     scheduler = get_linear_schedule_with_warmup(optimizer, int(tcfg.warmup_ratio * total_steps), total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    best_score, best_epoch, best_state, best_val_logits = -1.0, 0, None, None
-    history, steps, stale = [], 0, 0
-    train_seconds = predict_seconds = 0.0
-    train_examples = predict_examples = 0
-    for epoch in range(1, tcfg.epochs + 1):
+    state, best = _LoopState(), None  # best: {"weights": state dict on CPU or None, "val_logits": array}
+    if checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").is_file():
+        state, best = _load_checkpoint(accelerator, Path(checkpoint_dir))
+        log.info("fold %d: resuming from a checkpoint at epoch %d, optimizer step %d", fold, state.epoch,
+                 state.steps)
+    finished = bool(tcfg.max_steps and state.steps >= tcfg.max_steps)
+    while state.epoch <= tcfg.epochs and not finished:
+        epoch = state.epoch
         model.train()
         start = time.perf_counter()
-        batches = loader
+        sampler.passes = epoch - 1  # an epoch's batch order depends only on (seed, fold, epoch)
+        batches = loader if state.batches_done == 0 else accelerator.skip_first_batches(loader, state.batches_done)
         bar = None
         if progress is not None:
-            bar = progress(loader, total=len(loader),
+            bar = progress(batches, total=len(loader), initial=state.batches_done,
                            desc=f"fold {fold + 1}/{cfg.cv.n_folds} epoch {epoch}/{tcfg.epochs}")
             batches = bar
-        running, seen = 0.0, 0
         for batch in batches:
             with accelerator.accumulate(model):
                 logits = model(batch["input_ids"], batch["attention_mask"])
@@ -223,50 +284,63 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            if accelerator.sync_gradients:
-                steps += 1
             n = batch["input_ids"].shape[0]
-            seen += n
-            running = 0.98 * running + 0.02 * loss.item() if seen > n else loss.item()
+            state.running = 0.98 * state.running + 0.02 * loss.item() if state.seen else loss.item()
+            state.seen += n
+            state.batches_done += 1
+            if accelerator.sync_gradients:
+                state.steps += 1
+                status(phase="train", epoch=epoch, step=state.steps, total_steps=total_steps,
+                       train_loss=round(state.running, 5))
+                if tcfg.checkpoint_every and checkpoint_dir is not None and state.steps % tcfg.checkpoint_every == 0:
+                    state.train_seconds += time.perf_counter() - start
+                    start = time.perf_counter()
+                    _save_checkpoint(accelerator, Path(checkpoint_dir), state, best)
             if bar is not None:
-                bar.set_postfix(loss=f"{running:.4f}", step=steps)
-            if tcfg.max_steps and steps >= tcfg.max_steps:
+                bar.set_postfix(loss=f"{state.running:.4f}", step=state.steps)
+            if tcfg.max_steps and state.steps >= tcfg.max_steps:
+                finished = True
                 break
-        train_seconds += time.perf_counter() - start
-        train_examples += seen * accelerator.num_processes
+        if bar is not None:
+            bar.close()
+        state.train_seconds += time.perf_counter() - start
+        state.train_examples += state.seen * accelerator.num_processes
 
+        status(phase="validate", epoch=epoch, step=state.steps, total_steps=total_steps)
         start = time.perf_counter()
         val_logits = predict_logits(model, accelerator, encoded.train, val_idx, tcfg.eval_batch_size, collate)
-        predict_seconds += time.perf_counter() - start
-        predict_examples += len(val_idx)
+        state.predict_seconds += time.perf_counter() - start
+        state.predict_examples += len(val_idx)
         val_labels = labels[val_idx]
         val_loss = float(torch.nn.functional.binary_cross_entropy_with_logits(
             torch.from_numpy(val_logits), torch.from_numpy(val_labels.astype(np.float32))))
         score = macro_f1(val_labels, (val_logits > 0).astype(np.int8))
-        history.append({"epoch": epoch, "train_loss": round(running, 5), "val_loss": round(val_loss, 5),
-                        "val_macro_f1_at_0.5": round(score, 5), "optimizer_steps": steps})
-        if score > best_score:
-            best_score, best_epoch, stale = score, epoch, 0
-            best_val_logits = val_logits
-            if epoch < tcfg.epochs:
-                best_state = {k: v.detach().to("cpu", copy=True)
-                              for k, v in accelerator.unwrap_model(model).state_dict().items()}
-            else:
-                best_state = None  # the live weights are the best ones
+        state.history.append({"epoch": epoch, "train_loss": round(state.running, 5), "val_loss": round(val_loss, 5),
+                              "val_macro_f1_at_0.5": round(score, 5), "optimizer_steps": state.steps})
+        if score > state.best_score:
+            state.best_score, state.best_epoch, state.stale = score, epoch, 0
+            last = finished or epoch == tcfg.epochs
+            # the live weights are the best ones when nothing trains after this epoch
+            best = {"val_logits": val_logits, "weights": None if last else {
+                k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()}}
         else:
-            stale += 1
-        if tcfg.max_steps and steps >= tcfg.max_steps:
+            state.stale += 1
+        state.epoch, state.batches_done, state.seen = epoch + 1, 0, 0
+        status(phase="validated", epoch=epoch, step=state.steps, total_steps=total_steps,
+               val_macro_f1_at_0_5=round(score, 5), best_epoch=state.best_epoch)
+        if tcfg.patience and state.stale >= tcfg.patience:
             break
-        if tcfg.patience and stale >= tcfg.patience:
-            break
-    if best_state is not None and best_epoch != history[-1]["epoch"]:
-        accelerator.unwrap_model(model).load_state_dict(best_state)
+        if tcfg.checkpoint_every and checkpoint_dir is not None and not finished and state.epoch <= tcfg.epochs:
+            _save_checkpoint(accelerator, Path(checkpoint_dir), state, best)
+    if best["weights"] is not None and state.best_epoch != state.history[-1]["epoch"]:
+        accelerator.unwrap_model(model).load_state_dict(best["weights"])
+    status(phase="predict", epoch=state.best_epoch, step=state.steps, total_steps=total_steps)
     start = time.perf_counter()
     test_logits = predict_logits(model, accelerator, encoded.test, np.arange(len(encoded.test)),
                                  tcfg.eval_batch_size, collate)
-    predict_seconds += time.perf_counter() - start
-    predict_examples += len(encoded.test)
+    state.predict_seconds += time.perf_counter() - start
+    state.predict_examples += len(encoded.test)
     accelerator.free_memory()
-    del model, optimizer, best_state
-    return FoldResult(fold, val_idx, best_val_logits, test_logits, best_epoch, history,
-                      train_seconds, train_examples, predict_seconds, predict_examples)
+    del model, optimizer
+    return FoldResult(fold, val_idx, best["val_logits"], test_logits, state.best_epoch, state.history,
+                      state.train_seconds, state.train_examples, state.predict_seconds, state.predict_examples)

@@ -86,11 +86,11 @@ def test_resume_skips_finished_folds_and_redoes_a_killed_one(tmp_path, comp_dir,
     real = cv_module._NeuralFolds.__call__
     calls = []
 
-    def crash_on_second(self, fold, folds):
+    def crash_on_second(self, fold, folds, *rest):
         calls.append(fold)
         if fold == 1:
             raise KeyboardInterrupt("killed")
-        return real(self, fold, folds)
+        return real(self, fold, folds, *rest)
 
     monkeypatch.setattr(cv_module._NeuralFolds, "__call__", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
@@ -103,8 +103,11 @@ def test_resume_skips_finished_folds_and_redoes_a_killed_one(tmp_path, comp_dir,
     (half / "oof.csv").write_text("garbage")
 
     calls.clear()
-    monkeypatch.setattr(cv_module._NeuralFolds, "__call__", lambda self, fold, folds: (calls.append(fold),
-                                                                                        real(self, fold, folds))[1])
+    def record(self, fold, folds, *rest):
+        calls.append(fold)
+        return real(self, fold, folds, *rest)
+
+    monkeypatch.setattr(cv_module._NeuralFolds, "__call__", record)
     run_dir = run_cv(cfg, tmp_path / "run", quiet=True)
     assert calls == [1]
     check_run(run_dir, frames[0], frames[1])
@@ -120,10 +123,10 @@ def test_resumed_run_equals_uninterrupted(tmp_path, comp_dir, monkeypatch):
     whole = run_cv(cfg, tmp_path / "whole", quiet=True)
     real = cv_module._NeuralFolds.__call__
 
-    def crash(self, fold, folds):
+    def crash(self, fold, folds, *rest):
         if fold == 1:
             raise RuntimeError("crash")
-        return real(self, fold, folds)
+        return real(self, fold, folds, *rest)
 
     monkeypatch.setattr(cv_module._NeuralFolds, "__call__", crash)
     with pytest.raises(RuntimeError):
@@ -161,3 +164,13 @@ def test_real_minilm_on_a_few_hundred_rows(tmp_path):
     make_submission([run_dir], tmp_path / "sub.csv")
     check_submission_real = pd.read_csv(tmp_path / "sub.csv")
     assert len(check_submission_real) == 3259
+
+
+def test_texts_are_tokenized_once_per_run_not_per_fold(tmp_path, comp_dir, monkeypatch):
+    import pipeline.train as train_module
+
+    calls = []
+    real = train_module.tokenize
+    monkeypatch.setattr(train_module, "tokenize", lambda tok, texts, n: (calls.append(len(texts)), real(tok, texts, n))[1])
+    run_cv(tiny_cfg(comp_dir, "cv.n_folds=3", "train.grad_accum_steps=2"), tmp_path / "run", quiet=True)
+    assert calls == [160, 40]  # train once, test once, for three folds

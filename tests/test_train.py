@@ -54,8 +54,8 @@ def test_train_fold_tiny_encoder_learns_cues():
     from pipeline.train import tokenize
 
     train, test, _ = make_frames(n_train=200, n_test=20)
-    cfg = load_config(None, ["model.preset=tiny-encoder", "train.epochs=6", "train.patience=0",
-                             "train.lr=3e-3", "cv.n_folds=2"])
+    cfg = load_config(None, ["model.preset=tiny-encoder", "train.epochs=8", "train.patience=0",
+                             "train.lr=5e-3", "train.batch_size=8", "cv.n_folds=2"])
     tok = load_tokenizer(cfg.model)
     labels = train[["anger", "fear", "joy", "trust"]].to_numpy()
     enc = Encoded(tokenize(tok, train["Tweet"], 64), tokenize(tok, test["Tweet"], 64), tok.pad_token_id, "right")
@@ -63,8 +63,8 @@ def test_train_fold_tiny_encoder_learns_cues():
     result = train_fold(cfg, 0, folds, labels, enc, Accelerator(cpu=True), None, tok)
     assert result.val_logits.shape == (100, 4) and result.test_logits.shape == (20, 4)
     assert np.array_equal(result.val_index, np.flatnonzero(folds == 0))
-    assert len(result.history) == 6 and 1 <= result.best_epoch <= 6
+    assert len(result.history) == 8 and 1 <= result.best_epoch <= 8
     best = max(h["val_macro_f1_at_0.5"] for h in result.history)
     assert best == result.history[result.best_epoch - 1]["val_macro_f1_at_0.5"]
-    assert best > 0.6  # the cue words are learnable
-    assert result.train_examples == 6 * 100 and result.predict_examples == 6 * 100 + 20
+    assert best > 0.8  # the cue words are learnable (0.97 measured with these settings)
+    assert result.train_examples == 8 * 100 and result.predict_examples == 8 * 100 + 20
