@@ -60,6 +60,9 @@ def cv_parser() -> argparse.ArgumentParser:
                    "from the finished folds in the run directory (all must be present)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info lines (for CI)")
     p.add_argument("--list-models", action="store_true", help="print the model presets and exit")
+    p.add_argument("--dry-run", action="store_true", help="train nothing: print the model's parameter counts and "
+                   "estimated peak GPU memory for the configured batch size and max_length, then exit "
+                   "(no weights, no data, no files)")
     return p
 
 
@@ -84,6 +87,11 @@ def run_cv_main(argv: Optional[list] = None) -> int:
         return 0
     _setup_logging(args.quiet)
     cfg = config_from_args(args)
+    if args.dry_run:
+        from pipeline.plan import render_plan
+
+        print(render_plan(cfg))
+        return 0
     from pipeline.cv import run_cv
 
     run_dir = run_cv(cfg, Path(args.run_dir) if args.run_dir else None, quiet=args.quiet,
@@ -100,7 +108,8 @@ def submission_parser() -> argparse.ArgumentParser:
                                 "(matched by id), tune thresholds on the averaged OOF, write a submission CSV.")
     p.add_argument("--runs", nargs="+", help="run directories (or names under runs/) to average "
                    "(default: the latest completed run)")
-    p.add_argument("--weights", nargs="+", type=float, help="one weight per run (default: equal)")
+    p.add_argument("--weights", nargs="+", help="one weight per run, or 'auto' to search them on OOF by ensemble "
+                   "selection (the summary then also shows a cross-validated score); default: equal")
     p.add_argument("--out", help="submission path (default submissions/<run or ensemble name>.csv)")
     p.add_argument("--data-dir", help="competition data folder (default: the one the first run used)")
     p.add_argument("--runs-root", default="runs", help="where run directories live (default runs/)")
@@ -138,6 +147,39 @@ def make_submission_main(argv: Optional[list] = None) -> int:
     else:
         digest = hashlib.sha256("+".join(sorted(r.name for r in runs)).encode()).hexdigest()[:8]
         out = Path("submissions") / f"ensemble-{len(runs)}runs-{digest}.csv"
-    summary = make_submission(runs, out, args.weights, args.data_dir)
+    weights = args.weights
+    if weights == ["auto"]:
+        weights = "auto"
+    elif weights is not None:
+        try:
+            weights = [float(w) for w in weights]
+        except ValueError as exc:
+            raise PipelineError(f"--weights takes one number per run or 'auto', got {' '.join(weights)}") from exc
+    summary = make_submission(runs, out, weights, args.data_dir)
     print(summary)
+    return 0
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compare_runs.py", description="Tabulate completed runs side by side: the "
+                                "settings that differ, OOF macro-F1 at 0.5 and tuned, fold spread, speed.")
+    p.add_argument("runs", nargs="+", help="run directories (or names under --runs-root)")
+    p.add_argument("--runs-root", default="runs", help="where run directories live (default runs/)")
+    p.add_argument("--all-settings", action="store_true", help="also show settings equal in every run")
+    p.add_argument("--out", help="also write the table to this markdown file")
+    return p
+
+
+@_guard
+def compare_main(argv: Optional[list] = None) -> int:
+    args = compare_parser().parse_args(argv)
+    from pipeline.compare import compare_runs
+
+    table = compare_runs([_resolve_run(r, Path(args.runs_root)) for r in args.runs],
+                         only_differing=not args.all_settings)
+    if args.out:
+        from pipeline.io import atomic_write_text
+
+        atomic_write_text(Path(args.out), table)
+    print(table, end="")
     return 0

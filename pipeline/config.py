@@ -22,6 +22,7 @@ class DataConfig:
     competition: str = "emotion-detection-fall-2024"  # name of a module in competition/
     data_dir: str = "data/emotion-detection-fall-2024"  # folder holding the competition CSVs
     max_rows: Optional[int] = None  # rows of train.csv kept (stratified subset); None = all
+    fit_filter: str = "none"  # 'none' or 'clean': training rows a fold may fit on (validation keeps every row)
 
 
 @dataclass
@@ -32,6 +33,16 @@ class ModelConfig:
     dropout: float = 0.1  # dropout before the classification head (probability)
     backbone_dropout: Optional[float] = None  # dropout inside the backbone; None = preset's
     freeze_embeddings: Optional[bool] = None  # keep the token embedding matrix fixed; None = preset's
+    finetune: Optional[str] = None  # 'full', 'lora' (adapters + head) or 'head' (frozen features); None = preset's
+    lora_r: Optional[int] = None  # LoRA rank; None = preset's
+    lora_alpha: Optional[float] = None  # LoRA scale numerator (scale = alpha / r); None = preset's
+    lora_dropout: Optional[float] = None  # dropout on the LoRA input (probability); None = preset's
+    lora_targets: Optional[list] = None  # module-name suffixes given adapters, e.g. [q_proj, v_proj]; None = preset's
+    load_in_4bit: Optional[bool] = None  # QLoRA: NF4 4-bit weights, double quantization; None = preset's
+    gradient_checkpointing: Optional[bool] = None  # recompute activations in backward; None = preset's
+    padding_side: Optional[str] = None  # 'left' or 'right'; None = preset's
+    append_eos: Optional[bool] = None  # end every text with the eos token; None = preset's
+    prompt: Optional[str] = None  # template around each text, with {text} where it goes; None = the raw text
 
 
 @dataclass
@@ -51,6 +62,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # 'auto' (bf16/fp16 on GPU, fp32 on CPU), 'no', 'fp16', 'bf16'
     length_grouped: bool = True  # batch texts of similar length together (less padding)
     num_workers: int = 0  # DataLoader worker processes
+    save_models: Optional[bool] = None  # keep each fold's trained model; None = adapters/heads yes, full weights no
     checkpoint_every: int = 0  # save a resumable checkpoint every N optimizer steps (0 = only finished folds)
 
 
@@ -86,6 +98,7 @@ class RunConfig:
         d.pop("name")
         d["data"].pop("data_dir")
         d["train"].pop("checkpoint_every")  # resuming from a checkpoint gives identical results
+        d["train"].pop("save_models")  # keeping the fold models or not changes no prediction
         return d
 
     def short_hash(self) -> str:
@@ -105,6 +118,7 @@ CHOICES = {
     "train.pos_weight": ("full", "sqrt", "none"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
     "thresholds.method": ("optuna", "exact", "fixed"),
+    "data.fit_filter": ("none", "clean"),
 }
 
 
@@ -148,6 +162,12 @@ def _coerce(key: str, value: Any, annotation: Any, problems: list[str]) -> Any:
         if isinstance(value, str):
             return value
         problems.append(f"{key} must be a string, got {value!r}")
+    elif annotation is list:
+        if isinstance(value, str):  # `--set model.lora_targets=q_proj,v_proj`
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return value
+        problems.append(f"{key} must be a non-empty list of names, got {value!r}")
     else:
         return value
     return value
@@ -233,7 +253,27 @@ def validate(cfg: RunConfig) -> RunConfig:
         p.append(models.unknown_preset_message(m.preset))
     if m.max_length is not None and m.max_length < 4:
         p.append(f"model.max_length must be >= 4 tokens, got {m.max_length}")
-    for key in ("dropout", "backbone_dropout"):
+    if m.finetune is not None and m.finetune not in ("full", "lora", "head"):
+        p.append(f"model.finetune must be one of full, lora, head, got {m.finetune!r}")
+    if m.padding_side is not None and m.padding_side not in ("left", "right"):
+        p.append(f"model.padding_side must be left or right, got {m.padding_side!r}")
+    if m.lora_r is not None and m.lora_r < 1:
+        p.append(f"model.lora_r must be >= 1, got {m.lora_r}")
+    if m.lora_alpha is not None and m.lora_alpha <= 0:
+        p.append(f"model.lora_alpha must be > 0, got {m.lora_alpha}")
+    if m.prompt is not None and "{text}" not in m.prompt:
+        p.append(f"model.prompt must contain {{text}} where the text goes, got {m.prompt!r}")
+    if m.preset in models.PRESETS:
+        preset = models.PRESETS[m.preset]
+        finetune = m.finetune or preset.finetune
+        if preset.kind == "tfidf" and (m.finetune or m.load_in_4bit or m.lora_targets or m.prompt):
+            p.append(f"preset '{m.preset}' has no neural network: model.finetune, load_in_4bit, lora_* and "
+                     f"prompt do not apply")
+        if finetune == "lora" and preset.kind != "tfidf" and not (m.lora_targets or preset.lora_targets):
+            p.append(f"model.finetune=lora needs model.lora_targets for preset '{m.preset}'")
+        if (m.load_in_4bit if m.load_in_4bit is not None else preset.load_in_4bit) and finetune == "full":
+            p.append("model.load_in_4bit needs model.finetune=lora or head: 4-bit weights cannot be trained directly")
+    for key in ("dropout", "backbone_dropout", "lora_dropout"):
         value = getattr(m, key)
         if value is not None and not 0 <= value < 1:
             p.append(f"model.{key} must be in [0, 1), got {value}")

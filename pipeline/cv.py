@@ -20,10 +20,11 @@ import pandas as pd
 import yaml
 
 from pipeline.config import RunConfig, diff_configs, read_saved_config, save_config
-from pipeline.data import CompetitionData, load_competition_data
+from pipeline.data import CompetitionData, fit_filter_mask, load_competition_data
+from pipeline.ensemble import cross_validated_macro_f1
 from pipeline.errors import ConfigError, RunDirError
 from pipeline.folds import load_folds, make_folds, save_folds, sparse_label_warnings, stratified_subset
-from pipeline.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from pipeline.io import atomic_write_csv, atomic_write_json, atomic_write_npz, atomic_write_text
 from pipeline.models import get_preset
 from pipeline.report import build_report, render_markdown
 from pipeline.thresholds import ThresholdTuner
@@ -137,21 +138,26 @@ def torch_oom_types() -> tuple:
 
 
 class _NeuralFolds:
-    """Tokenizes train and test once per run, then trains folds through the one loop."""
+    """Tokenizes train and test once per run, then trains folds through the one loop. With
+    model.finetune='head' the frozen backbone's pooled features are computed once per run (and cached
+    in the run directory), and every fold trains only a head on them."""
 
-    def __init__(self, cfg: RunConfig, data: CompetitionData, quiet: bool, accelerator):
-        from pipeline.models import load_tokenizer, max_length
-        from pipeline.train import Encoded, tokenize
+    def __init__(self, cfg: RunConfig, data: CompetitionData, quiet: bool, accelerator,
+                 run_dir: Optional[Path] = None):
+        from pipeline.models import load_tokenizer, settings
+        from pipeline.train import Encoded, format_texts, tokenize
 
-        self.cfg, self.data, self.accelerator = cfg, data, accelerator
+        self.cfg, self.data, self.accelerator, self.run_dir = cfg, data, accelerator, run_dir
+        st = settings(cfg.model)
         self.tokenizer = load_tokenizer(cfg.model)
-        length = max_length(cfg.model)
         start = time.perf_counter()
-        self.encoded = Encoded(tokenize(self.tokenizer, data.train_texts, length),
-                               tokenize(self.tokenizer, data.test_texts, length),
-                               self.tokenizer.pad_token_id, self.tokenizer.padding_side)
-        log.info("tokenized %d train + %d test texts in %.1f s (max_length %d)", len(data.train),
-                 len(data.test), time.perf_counter() - start, length)
+        self.inputs = Encoded(
+            tokenize(self.tokenizer, format_texts(data.train_texts, cfg.model.prompt), st.max_length, st.append_eos),
+            tokenize(self.tokenizer, format_texts(data.test_texts, cfg.model.prompt), st.max_length, st.append_eos),
+            self.tokenizer.pad_token_id, self.tokenizer.padding_side)
+        cut = sum(len(ids) >= st.max_length for ids in self.inputs.train + self.inputs.test)
+        log.info("tokenized %d train + %d test texts in %.1f s (max_length %d; %d texts reach it and are cut)",
+                 len(data.train), len(data.test), time.perf_counter() - start, st.max_length, cut)
         self.progress = None
         if not quiet:
             from functools import partial
@@ -159,26 +165,64 @@ class _NeuralFolds:
             from tqdm.auto import tqdm
             self.progress = partial(tqdm, leave=False, dynamic_ncols=True,
                                     disable=not accelerator.is_local_main_process)
+        self.feature_seconds = 0.0
+        if st.finetune == "head":
+            self.inputs = self._features()
 
-    def __call__(self, fold: int, folds: np.ndarray, checkpoint_dir: Optional[Path] = None, status=None):
+    def _features(self):
+        """Pooled backbone features of every train and test text: one pass, saved for reruns."""
+        from accelerate.utils import set_seed
+
+        from pipeline.models import FeatureExtractor, build_model
+        from pipeline.train import Features, predict_logits
+
+        cache = self.run_dir / "features.npz" if self.run_dir is not None else None
+        if cache is not None and cache.is_file():
+            saved = np.load(cache)
+            log.info("frozen features read from %s", cache)
+            return Features(saved["train"], saved["test"])
+        start = time.perf_counter()
+        set_seed(self.cfg.cv.seed)
+        model, _ = build_model(self.cfg.model, len(self.data.label_cols), self.tokenizer,
+                               device=self.accelerator.device)
+        extractor = self.accelerator.prepare_model(FeatureExtractor(model), evaluation_mode=True)
+        batch = self.cfg.train.eval_batch_size
+        enc = self.inputs
+        train = predict_logits(extractor, self.accelerator, enc, "train", np.arange(len(enc.train)), batch)
+        test = predict_logits(extractor, self.accelerator, enc, "test", np.arange(len(enc.test)), batch)
+        self.feature_seconds = time.perf_counter() - start
+        log.info("frozen features of %d texts computed once in %.1f s (%.1f texts/s)", len(train) + len(test),
+                 self.feature_seconds, (len(train) + len(test)) / max(self.feature_seconds, 1e-9))
+        del model, extractor
+        self.accelerator.free_memory()
+        if cache is not None and self.accelerator.is_main_process:
+            atomic_write_npz(cache, train=train, test=test, seconds=np.array(self.feature_seconds))
+        return Features(train, test)
+
+    def __call__(self, fold: int, folds: np.ndarray, checkpoint_dir: Optional[Path] = None, status=None,
+                 fit_mask: Optional[np.ndarray] = None):
         from pipeline.train import train_fold
 
-        return train_fold(self.cfg, fold, folds, self.data.labels, self.encoded, self.accelerator,
-                          self.progress, self.tokenizer, checkpoint_dir, status)
+        save_dir = checkpoint_dir.parent / "model" if checkpoint_dir is not None else None
+        return train_fold(self.cfg, fold, folds, self.data.labels, self.inputs, self.accelerator,
+                          self.progress, self.tokenizer, checkpoint_dir, status, fit_mask, save_dir)
 
 
 class _TfidfFolds:
-    def __init__(self, cfg: RunConfig, data: CompetitionData, quiet: bool, accelerator):
+    def __init__(self, cfg: RunConfig, data: CompetitionData, quiet: bool, accelerator,
+                 run_dir: Optional[Path] = None):
         self.cfg, self.data = cfg, data
+        self.feature_seconds = 0.0
 
-    def __call__(self, fold: int, folds: np.ndarray, checkpoint_dir: Optional[Path] = None, status=None):
+    def __call__(self, fold: int, folds: np.ndarray, checkpoint_dir: Optional[Path] = None, status=None,
+                 fit_mask: Optional[np.ndarray] = None):
         from pipeline.linear import fit_tfidf_fold
 
         return fit_tfidf_fold(self.cfg, fold, folds, self.data.labels, self.data.train_texts,
-                              self.data.test_texts)
+                              self.data.test_texts, fit_mask)
 
 
-FOLD_RUNNERS = {"encoder": _NeuralFolds, "tfidf": _TfidfFolds}
+FOLD_RUNNERS = {"encoder": _NeuralFolds, "decoder": _NeuralFolds, "tfidf": _TfidfFolds}
 
 
 def default_run_dir(cfg: RunConfig, runs_root: Path = Path("runs")) -> Path:
@@ -196,13 +240,13 @@ def make_accelerator(cfg: RunConfig):
 
 
 def _train_with_oom_retry(runner, cfg: RunConfig, fold: int, folds: np.ndarray, checkpoint_dir: Path,
-                          status: StatusFile, adjustments: list):
+                          status: StatusFile, adjustments: list, fit_mask: np.ndarray):
     """On a GPU out-of-memory error, halve the batch and double accumulation (same effective batch)."""
     from pipeline.models import get_preset as preset_of
 
     while True:
         try:
-            return runner(fold, folds, checkpoint_dir, status.update)
+            return runner(fold, folds, checkpoint_dir, status.update, fit_mask)
         except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled, others re-raised
             batch = cfg.train.batch_size or preset_of(cfg.model.preset).batch_size
             if not is_out_of_memory(exc) or batch <= 1:
@@ -252,6 +296,11 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
         save_folds(folds_path, train_ids, make_folds(data.labels, n_folds, cfg.cv.seed))
     accelerator.wait_for_everyone()
     folds = load_folds(folds_path, train_ids, n_folds)  # every stage reads the saved split
+    fit_mask, dropped = fit_filter_mask(data.train_texts, data.labels, cfg.data.fit_filter)
+    if main and dropped:
+        log.info("data.fit_filter=%s: folds fit on %d of %d rows (dropped: %s); every row is still validated",
+                 cfg.data.fit_filter, int(fit_mask.sum()), len(fit_mask),
+                 ", ".join(f"{n} {reason}" for reason, n in dropped.items()))
     identity = {"config_hash": cfg.short_hash(), "folds_hash": folds_digest(folds)}
     if main:
         log.info("run directory %s: %d training rows, %d test rows, %d folds", run_dir, len(train_ids),
@@ -269,13 +318,13 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
             continue
         status.update(force=True, phase="starting", fold=fold, n_folds=n_folds)
         if runner is None:
-            runner = FOLD_RUNNERS[kind](train_cfg, data, quiet, accelerator)
+            runner = FOLD_RUNNERS[kind](train_cfg, data, quiet, accelerator, run_dir)
         start = time.perf_counter()
         if kind == "tfidf" and not main:
             accelerator.wait_for_everyone()  # nothing to share: the main process fits it alone
             continue
         result = _train_with_oom_retry(runner, train_cfg, fold, folds, _fold_dir(run_dir, fold) / "checkpoint",
-                                       status, adjustments)
+                                       status, adjustments, fit_mask)
         if main:
             _save_fold(run_dir, result, train_ids, test_ids, data.label_cols, identity, adjustments)
             log.info("fold %d/%d done in %.1f s, best epoch %d", fold + 1, n_folds,
@@ -300,7 +349,11 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
     if not main:
         return run_dir
     status.update(force=True, phase="assembling")
-    out = assemble_run(cfg, run_dir, data, folds, results, time.perf_counter() - wall_start)
+    wall = time.perf_counter() - wall_start
+    if runner is None and (run_dir / "report.json").is_file():
+        # nothing trained in this invocation (a rerun or --merge): keep the wall time of the run that did
+        wall = json.loads((run_dir / "report.json").read_text()).get("timing", {}).get("wall_seconds", wall)
+    out = assemble_run(cfg, run_dir, data, folds, results, wall)
     status.update(force=True, phase="done", report=str(run_dir / "report.md"))
     return out
 
@@ -327,8 +380,13 @@ def assemble_run(cfg: RunConfig, run_dir: Path, data: CompetitionData, folds: np
     oof_probs = pd.read_csv(run_dir / "oof.csv")[label_cols].to_numpy()
 
     th = cfg.thresholds
-    tuner = ThresholdTuner(th.method, th.n_trials, th.low, th.high, seed=cfg.cv.seed).fit(oof_probs, data.labels)
+    def make_tuner():
+        return ThresholdTuner(th.method, th.n_trials, th.low, th.high, seed=cfg.cv.seed)
+
+    tuner = make_tuner().fit(oof_probs, data.labels)
     atomic_write_json(run_dir / "thresholds.json", dict(zip(label_cols, tuner.thresholds_.tolist())))
+    # the honest version of the tuned score: each fold's thresholds fitted on the other folds only
+    cv_macro_f1 = cross_validated_macro_f1([oof_probs], data.labels, folds, make_tuner, weights=np.ones(1))
     fold_infos = [{k: results[f][k] for k in ("fold", "best_epoch", "history")} for f in sorted(results)]
     train_s = sum(results[f]["train_seconds"] for f in results)
     train_n = sum(results[f]["train_examples"] for f in results)
@@ -337,9 +395,15 @@ def assemble_run(cfg: RunConfig, run_dir: Path, data: CompetitionData, folds: np
     timing = {"wall_seconds": wall_seconds, "train_seconds": train_s, "train_examples": train_n,
               "train_examples_per_second": train_n / max(train_s, 1e-9), "predict_seconds": pred_s,
               "predict_examples": pred_n, "predict_examples_per_second": pred_n / max(pred_s, 1e-9),
-              "note": "wall time of the last invocation; folds resumed from disk add no time"}
+              "note": "wall time of the invocation that trained the last folds; folds resumed from disk add no time"}
+    if (run_dir / "features.npz").is_file():  # finetune='head': one backbone pass shared by every fold
+        with np.load(run_dir / "features.npz") as saved:
+            n_feat = len(saved["train"]) + len(saved["test"])
+            timing.update(feature_seconds=float(saved["seconds"]), feature_examples=n_feat,
+                          feature_examples_per_second=n_feat / max(float(saved["seconds"]), 1e-9))
     report = build_report(oof_probs, data.labels, folds, tuner.thresholds_, label_cols,
-                          {"run": run_dir.name, "timing": timing, "folds": fold_infos, "config": cfg.to_dict()})
+                          {"run": run_dir.name, "timing": timing, "folds": fold_infos, "config": cfg.to_dict(),
+                           "oof_tuned_cv": {"macro_f1": cv_macro_f1}})
     atomic_write_text(run_dir / "report.md", render_markdown(report, f"CV report: {run_dir.name}"))
     atomic_write_json(run_dir / "report.json", report)
     log.info("OOF macro-F1 %.4f at 0.5, %.4f with tuned thresholds -> %s",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -187,3 +188,41 @@ def load_competition_data(cfg: DataConfig, data_dir: Optional[str] = None) -> Co
                         f"(first: {_show(sorted(overlap))})")
     return CompetitionData(comp, train.reset_index(drop=True), test.reset_index(drop=True),
                            sample, label_cols, labels)
+
+
+_MENTION_URL = re.compile(r"@\w+|https?://\S+|www\.\S+")
+_WORD = re.compile(r"[^\W_]+")
+
+
+def fit_filter_mask(texts: list, labels: np.ndarray, how: str) -> tuple:
+    """Rows a fold may fit on. texts: n_train strings; labels: (n_train, n_labels) 0/1.
+
+    'none' keeps every row. 'clean' drops, from fitting only (every row is still validated, so OOF
+    scores stay comparable across runs): tweets with no emotion label; tweets with fewer than 3 words
+    once @mentions and links are removed; and repeated texts (same words, case and mentions ignored),
+    keeping the first copy when every copy has the same labels and none when they disagree.
+    Returns (mask (n_train,) bool, {reason: rows dropped}).
+    """
+    keep = np.ones(len(texts), dtype=bool)
+    if how == "none":
+        return keep, {}
+    words = [_WORD.findall(_MENTION_URL.sub(" ", t).lower()) for t in texts]
+    no_label = labels.sum(1) == 0
+    short = np.array([len(w) < 3 for w in words])
+    groups: dict = {}
+    for i, w in enumerate(words):
+        groups.setdefault(" ".join(w), []).append(i)
+    conflicting = np.zeros(len(texts), dtype=bool)
+    repeated = np.zeros(len(texts), dtype=bool)
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        if len({labels[i].tobytes() for i in rows}) > 1:
+            conflicting[rows] = True
+        else:
+            repeated[rows[1:]] = True
+    reasons = {"no emotion label": no_label, "fewer than 3 words": short,
+               "repeated text, conflicting labels": conflicting, "repeated text, same labels (copies)": repeated}
+    for mask in reasons.values():
+        keep &= ~mask
+    return keep, {name: int(mask.sum()) for name, mask in reasons.items()}

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import RunDirError
+from pipeline.thresholds import exact_threshold
 
 
 @dataclass
@@ -17,6 +18,7 @@ class RunProbs:
     oof: pd.DataFrame  # index id; one probability column per label
     test: pd.DataFrame  # index id; one probability column per label
     label_cols: list
+    folds: pd.Series  # index id; the fold each OOF row was predicted in
 
 
 def read_run(run_dir: Path) -> RunProbs:
@@ -27,10 +29,10 @@ def read_run(run_dir: Path) -> RunProbs:
     oof = pd.read_csv(run_dir / "oof.csv", dtype={"id": str}).set_index("id")
     test = pd.read_csv(run_dir / "test_probs.csv", dtype={"id": str}).set_index("id")
     label_cols = [c for c in test.columns]
-    oof = oof.drop(columns=["fold"])
+    folds = oof.pop("fold")
     if list(oof.columns) != label_cols:
         raise RunDirError(f"{run_dir}: oof.csv columns {list(oof.columns)} differ from test_probs.csv's {label_cols}")
-    return RunProbs(run_dir.name, oof, test, label_cols)
+    return RunProbs(run_dir.name, oof, test, label_cols, folds)
 
 
 def average_runs(runs: list, weights: Optional[list] = None) -> tuple:
@@ -60,3 +62,45 @@ def average_runs(runs: list, weights: Optional[list] = None) -> tuple:
     test = sum(w * r.test.loc[first.test.index, first.label_cols].to_numpy() for w, r in zip(weights, runs))
     return (pd.DataFrame(oof, index=first.oof.index, columns=first.label_cols),
             pd.DataFrame(test, index=first.test.index, columns=first.label_cols))
+
+
+def best_macro_f1(probs: np.ndarray, labels: np.ndarray) -> float:
+    """probs, labels: (n, n_labels). Mean over labels of the best F1 any threshold reaches (exact sweep)."""
+    return float(np.mean([exact_threshold(probs[:, j], labels[:, j])[1] for j in range(labels.shape[1])]))
+
+
+def search_weights(oofs: list, labels: np.ndarray, rounds: int = 20) -> np.ndarray:
+    """Ensemble selection with replacement (Caruana et al. 2004): start from the best run, then
+    `rounds` times add the run (again, possibly) whose addition most raises the OOF macro-F1 at
+    per-label best thresholds; weights are how often each run was picked (steps of 1/(rounds+1)).
+
+    oofs: one (n, n_labels) probability array per run, rows aligned. Returns (n_runs,) summing to 1.
+    """
+    counts = np.zeros(len(oofs))
+    counts[int(np.argmax([best_macro_f1(p, labels) for p in oofs]))] = 1
+    total = sum(c * p for c, p in zip(counts, oofs))
+    for _ in range(rounds):
+        scores = [best_macro_f1((total + p) / (counts.sum() + 1), labels) for p in oofs]
+        pick = int(np.argmax(scores))  # ties go to the earliest run: deterministic
+        counts[pick] += 1
+        total = total + oofs[pick]
+    return counts / counts.sum()
+
+
+def cross_validated_macro_f1(oofs: list, labels: np.ndarray, folds: np.ndarray, make_tuner,
+                             weights: Optional[np.ndarray] = None) -> float:
+    """An honest OOF macro-F1: for each fold, the ensemble weights (searched when `weights` is None
+    and there are several runs) and the thresholds are fitted on the other folds' rows only, then
+    applied to this fold's rows. make_tuner: () -> an unfitted ThresholdTuner."""
+    preds = np.zeros_like(labels)
+    for fold in np.unique(folds):
+        fit, held = folds != fold, folds == fold
+        w = weights
+        if w is None:
+            w = search_weights([p[fit] for p in oofs], labels[fit]) if len(oofs) > 1 else np.ones(1)
+        mix = sum(wi * p for wi, p in zip(w, oofs))
+        tuner = make_tuner().fit(mix[fit], labels[fit])
+        preds[held] = tuner.predict(mix[held])
+    from pipeline.metrics import macro_f1
+
+    return macro_f1(labels, preds)

@@ -39,3 +39,22 @@ def atomic_write_json(path: Path, obj) -> None:
 def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
     # float_format keeps probabilities exact enough to reproduce thresholds bit for bit
     _atomic(path, lambda h: frame.to_csv(h, index=False, lineterminator="\n", float_format="%.8g"))
+
+
+def atomic_write_npz(path: Path, **arrays) -> None:
+    """numpy arrays in one .npz, written to a temporary name and renamed."""
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

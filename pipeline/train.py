@@ -23,7 +23,7 @@ from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.losses import bce_loss
 from pipeline.metrics import macro_f1
-from pipeline.models import build_model, get_preset
+from pipeline.models import HeadClassifier, build_model, get_preset, save_fold_model, trainable_state
 
 log = logging.getLogger("pipeline")
 
@@ -35,6 +35,38 @@ class Encoded:
     test: list
     pad_id: int
     padding_side: str
+
+    def split(self, name: str) -> list:
+        return self.train if name == "train" else self.test
+
+    def lengths(self, name: str, index: np.ndarray) -> np.ndarray:
+        rows = self.split(name)
+        return np.array([len(rows[i]) for i in index])
+
+    def dataset(self, name: str, index: np.ndarray, labels: Optional[np.ndarray]) -> Dataset:
+        return _Rows(self.split(name), index, labels, "input_ids")
+
+    def collate(self):
+        return _Collate(self.pad_id, self.padding_side)
+
+
+@dataclass
+class Features:
+    """Pooled backbone vectors of every text, computed once per run (finetune='head')."""
+    train: np.ndarray  # (n_train, hidden) float32
+    test: np.ndarray  # (n_test, hidden) float32
+
+    def split(self, name: str) -> np.ndarray:
+        return self.train if name == "train" else self.test
+
+    def lengths(self, name: str, index: np.ndarray) -> np.ndarray:
+        return np.ones(len(index), dtype=np.int64)  # equal cost per row: nothing to group
+
+    def dataset(self, name: str, index: np.ndarray, labels: Optional[np.ndarray]) -> Dataset:
+        return _Rows(self.split(name), index, labels, "features")
+
+    def collate(self):
+        return _stack_features
 
 
 @dataclass
@@ -51,27 +83,54 @@ class FoldResult:
     predict_examples: int = 0  # validation + test examples predicted
 
 
-def tokenize(tokenizer, texts: list, max_length: int) -> list:
-    """Token ids per text, truncated to max_length tokens, unpadded."""
-    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+def format_texts(texts: list, prompt: Optional[str]) -> list:
+    """Each text put into the prompt template at {text} (the raw text when there is no template)."""
+    if prompt is None:
+        return list(texts)
+    return [prompt.replace("{text}", t) for t in texts]
+
+
+def tokenize(tokenizer, texts: list, max_length: int, append_eos: bool = False) -> list:
+    """Token ids per text, truncated to max_length tokens, unpadded; with `append_eos` every text
+    ends with the eos token (kept inside max_length)."""
+    if not append_eos:
+        return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ConfigError("model.append_eos is set but the tokenizer has no eos token")
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length - 1)["input_ids"]
+    return [row if row and row[-1] == eos else row + [eos] for row in ids]
 
 
 class _Rows(Dataset):
-    def __init__(self, input_ids: list, index: np.ndarray, labels: Optional[np.ndarray]):
-        self.input_ids, self.index, self.labels = input_ids, index, labels
+    def __init__(self, inputs, index: np.ndarray, labels: Optional[np.ndarray], key: str):
+        self.inputs, self.index, self.labels, self.key = inputs, index, labels, key
 
     def __len__(self):
         return len(self.index)
 
     def __getitem__(self, i):
         row = int(self.index[i])
-        item = {"row": row, "input_ids": self.input_ids[row]}
+        item = {"row": row, self.key: self.inputs[row]}
         if self.labels is not None:
             item["labels"] = self.labels[row]
         return item
 
 
+def _rows_and_labels(items, batch: dict) -> dict:
+    out = {"row": torch.tensor([it["row"] for it in items]), "inputs": batch}
+    if "labels" in items[0]:
+        out["labels"] = torch.tensor(np.stack([it["labels"] for it in items]), dtype=torch.float32)
+    return out
+
+
+def _stack_features(items) -> dict:
+    return _rows_and_labels(items, {"features": torch.from_numpy(np.stack([it["features"] for it in items]))})
+
+
 class _Collate:
+    """Pads a batch to its longest text (dynamic padding) on the tokenizer's side."""
+
     def __init__(self, pad_id: int, padding_side: str):
         self.pad_id, self.left = pad_id, padding_side == "left"
 
@@ -84,10 +143,7 @@ class _Collate:
             cols = slice(width - n, width) if self.left else slice(0, n)
             ids[i, cols] = torch.tensor(it["input_ids"], dtype=torch.long)
             mask[i, cols] = 1
-        batch = {"row": torch.tensor([it["row"] for it in items]), "input_ids": ids, "attention_mask": mask}
-        if "labels" in items[0]:
-            batch["labels"] = torch.tensor(np.stack([it["labels"] for it in items]), dtype=torch.float32)
-        return batch
+        return _rows_and_labels(items, {"input_ids": ids, "attention_mask": mask})
 
 
 class LengthGroupedBatches:
@@ -142,7 +198,7 @@ def _param_groups(model, cfg: RunConfig, lr: float) -> list:
         if not param.requires_grad:
             continue
         no_decay = param.ndim < 2  # biases and LayerNorm weights
-        is_head = name.startswith("head.")
+        is_head = "head" in name.split(".")  # also under peft: base_model.model.head.modules_to_save...
         key = (is_head, no_decay)
         groups.setdefault(key, {"params": [], "lr": head_lr if is_head else lr,
                                 "weight_decay": 0.0 if no_decay else cfg.train.weight_decay})
@@ -150,18 +206,19 @@ def _param_groups(model, cfg: RunConfig, lr: float) -> list:
     return list(groups.values())
 
 
-def predict_logits(model, accelerator, input_ids: list, index: np.ndarray, batch_size: int,
-                   collate: _Collate) -> np.ndarray:
-    """Logits (len(index), n_labels) for the given rows, in the order of `index`."""
-    lengths = np.array([len(input_ids[i]) for i in index])
-    loader = DataLoader(_Rows(input_ids, index, None), batch_sampler=_sorted_batches(lengths, batch_size),
-                        collate_fn=collate)
+def predict_logits(model, accelerator, inputs, split: str, index: np.ndarray, batch_size: int) -> np.ndarray:
+    """Outputs (len(index), n_out) of `model` for rows `index` of `split` ('train' or 'test') of
+    `inputs` (Encoded or Features), in the order of `index`. Under several processes each predicts
+    a share and the shares are gathered (no duplicated rows)."""
+    loader = DataLoader(inputs.dataset(split, index, None),
+                        batch_sampler=_sorted_batches(inputs.lengths(split, index), batch_size),
+                        collate_fn=inputs.collate())
     loader = accelerator.prepare_data_loader(loader)
     model.eval()
     rows, outs = [], []
     with torch.no_grad():
         for batch in loader:
-            logits = model(batch["input_ids"], batch["attention_mask"])
+            logits = model(**batch["inputs"])
             r, lg = accelerator.gather_for_metrics((batch["row"], logits.float()))
             rows.append(r.cpu().numpy())
             outs.append(lg.cpu().numpy())
@@ -208,24 +265,39 @@ def _save_checkpoint(accelerator, folder: Path, state: _LoopState, best: Optiona
     accelerator.wait_for_everyone()
 
 
+def _keep_trainable(accelerator):
+    """A save_state hook: checkpoint only the weights that train (LoRA adapters and head), not a
+    frozen base of billions of parameters that `build_model` recreates identically on resume."""
+    def hook(models, weights, output_dir):
+        for model, state in zip(models, weights):
+            keep = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+            for name in [k for k in state if k not in keep]:
+                del state[name]
+    return hook
+
+
 def _load_checkpoint(accelerator, folder: Path):
     import json
 
     state = _LoopState(**json.loads((folder / "state.json").read_text()))
-    accelerator.load_state(str(folder / "accelerate"))
+    accelerator.load_state(str(folder / "accelerate"), strict=False)  # frozen weights are not in it
     best = torch.load(folder / "best.pt", weights_only=False)
     return state, best
 
 
-def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray, encoded: Encoded,
+def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray, inputs,
                accelerator, progress: Optional[Callable] = None, tokenizer=None,
-               checkpoint_dir: Optional[Path] = None, status: Optional[Callable] = None) -> FoldResult:
+               checkpoint_dir: Optional[Path] = None, status: Optional[Callable] = None,
+               fit_mask: Optional[np.ndarray] = None, save_dir: Optional[Path] = None) -> FoldResult:
     """Fit the preset on rows with folds != fold, keep the best epoch, predict fold rows and test.
 
     folds: (n_train,) fold per row; labels: (n_train, n_labels) 0/1.
+    inputs: `Encoded` token ids, or `Features` when model.finetune='head' (only a head is trained).
     progress: a tqdm-like factory (iterable, total, desc) or None for quiet.
     checkpoint_dir: where to save every `train.checkpoint_every` optimizer steps, and resume from.
     status: called with keyword facts (phase, epoch, step, ...) as training goes.
+    fit_mask: (n_train,) bool, rows allowed in training (data.fit_filter); validation uses every fold row.
+    save_dir: where the main process saves the fold's trained model (adapter, head or weights).
     """
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
@@ -235,19 +307,22 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     lr = tcfg.lr or preset.lr
     batch_size = tcfg.batch_size or preset.batch_size
     status = status or (lambda **facts: None)
-    train_idx = np.flatnonzero(folds != fold)
+    train_idx = np.flatnonzero((folds != fold) & (True if fit_mask is None else fit_mask))
     val_idx = np.flatnonzero(folds == fold)
     set_seed(cfg.cv.seed + fold)
-    model, _ = build_model(cfg.model, labels.shape[1], tokenizer)
+    if isinstance(inputs, Features):
+        model = HeadClassifier(inputs.train.shape[1], labels.shape[1], cfg.model.dropout)
+    else:
+        model, _ = build_model(cfg.model, labels.shape[1], tokenizer, device=accelerator.device)
     loss_fn = bce_loss(labels[train_idx], tcfg.pos_weight).to(accelerator.device)
-    collate = _Collate(encoded.pad_id, encoded.padding_side)
-    lengths = np.array([len(encoded.train[i]) for i in train_idx])
-    sampler = LengthGroupedBatches(lengths, batch_size, cfg.cv.seed * 1000 + fold, tcfg.length_grouped)
+    sampler = LengthGroupedBatches(inputs.lengths("train", train_idx), batch_size, cfg.cv.seed * 1000 + fold,
+                                   tcfg.length_grouped)
     # the sampler yields positions into train_idx; the dataset maps them to rows
     # a private generator: creating a loader iterator draws a seed from it, and drawing from the global
     # RNG instead would shift dropout masks after a resume (the iterator is re-created mid-epoch)
-    loader = DataLoader(_Rows(encoded.train, train_idx, labels), batch_sampler=sampler, collate_fn=collate,
-                        num_workers=tcfg.num_workers, generator=torch.Generator().manual_seed(cfg.cv.seed + fold))
+    loader = DataLoader(inputs.dataset("train", train_idx, labels), batch_sampler=sampler,
+                        collate_fn=inputs.collate(), num_workers=tcfg.num_workers,
+                        generator=torch.Generator().manual_seed(cfg.cv.seed + fold))
     optimizer = torch.optim.AdamW(_param_groups(model, cfg, lr), lr=lr)
     accelerator.gradient_accumulation_steps = tcfg.grad_accum_steps
     steps_per_epoch = math.ceil(len(sampler) / tcfg.grad_accum_steps)
@@ -256,6 +331,7 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
         total_steps = min(total_steps, tcfg.max_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(tcfg.warmup_ratio * total_steps), total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    hook = accelerator.register_save_state_pre_hook(_keep_trainable(accelerator))
 
     state, best = _LoopState(), None  # best: {"weights": state dict on CPU or None, "val_logits": array}
     if checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").is_file():
@@ -276,7 +352,7 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
             batches = bar
         for batch in batches:
             with accelerator.accumulate(model):
-                logits = model(batch["input_ids"], batch["attention_mask"])
+                logits = model(**batch["inputs"])
                 loss = loss_fn(logits.float(), batch["labels"])
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and tcfg.max_grad_norm > 0:
@@ -284,7 +360,7 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            n = batch["input_ids"].shape[0]
+            n = batch["row"].shape[0]
             state.running = 0.98 * state.running + 0.02 * loss.item() if state.seen else loss.item()
             state.seen += n
             state.batches_done += 1
@@ -308,7 +384,7 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
 
         status(phase="validate", epoch=epoch, step=state.steps, total_steps=total_steps)
         start = time.perf_counter()
-        val_logits = predict_logits(model, accelerator, encoded.train, val_idx, tcfg.eval_batch_size, collate)
+        val_logits = predict_logits(model, accelerator, inputs, "train", val_idx, tcfg.eval_batch_size)
         state.predict_seconds += time.perf_counter() - start
         state.predict_examples += len(val_idx)
         val_labels = labels[val_idx]
@@ -321,8 +397,7 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
             state.best_score, state.best_epoch, state.stale = score, epoch, 0
             last = finished or epoch == tcfg.epochs
             # the live weights are the best ones when nothing trains after this epoch
-            best = {"val_logits": val_logits, "weights": None if last else {
-                k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()}}
+            best = {"val_logits": val_logits, "weights": None if last else trainable_state(accelerator.unwrap_model(model))}
         else:
             state.stale += 1
         state.epoch, state.batches_done, state.seen = epoch + 1, 0, 0
@@ -333,13 +408,16 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
         if tcfg.checkpoint_every and checkpoint_dir is not None and not finished and state.epoch <= tcfg.epochs:
             _save_checkpoint(accelerator, Path(checkpoint_dir), state, best)
     if best["weights"] is not None and state.best_epoch != state.history[-1]["epoch"]:
-        accelerator.unwrap_model(model).load_state_dict(best["weights"])
+        accelerator.unwrap_model(model).load_state_dict(best["weights"], strict=False)
     status(phase="predict", epoch=state.best_epoch, step=state.steps, total_steps=total_steps)
     start = time.perf_counter()
-    test_logits = predict_logits(model, accelerator, encoded.test, np.arange(len(encoded.test)),
-                                 tcfg.eval_batch_size, collate)
+    test_logits = predict_logits(model, accelerator, inputs, "test", np.arange(len(inputs.test)),
+                                 tcfg.eval_batch_size)
     state.predict_seconds += time.perf_counter() - start
-    state.predict_examples += len(encoded.test)
+    state.predict_examples += len(inputs.test)
+    if save_dir is not None and accelerator.is_main_process:
+        save_fold_model(accelerator.unwrap_model(model), Path(save_dir), cfg, fold)
+    hook.remove()
     accelerator.free_memory()
     del model, optimizer
     return FoldResult(fold, val_idx, best["val_logits"], test_logits, state.best_epoch, state.history,

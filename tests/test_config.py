@@ -8,7 +8,7 @@ import pytest
 from pipeline.config import RunConfig, from_dict, load_config, read_saved_config, save_config, validate
 from pipeline.errors import ConfigError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
 
 
 def test_defaults_are_valid():

@@ -171,6 +171,10 @@ def test_texts_are_tokenized_once_per_run_not_per_fold(tmp_path, comp_dir, monke
 
     calls = []
     real = train_module.tokenize
-    monkeypatch.setattr(train_module, "tokenize", lambda tok, texts, n: (calls.append(len(texts)), real(tok, texts, n))[1])
+    def counting(tok, texts, *args):
+        calls.append(len(texts))
+        return real(tok, texts, *args)
+
+    monkeypatch.setattr(train_module, "tokenize", counting)
     run_cv(tiny_cfg(comp_dir, "cv.n_folds=3", "train.grad_accum_steps=2"), tmp_path / "run", quiet=True)
     assert calls == [160, 40]  # train once, test once, for three folds

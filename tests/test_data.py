@@ -121,3 +121,18 @@ def test_bad_input(tmp_path, frames, case, pattern):
     with pytest.raises(DataError, match=pattern) as info:
         load(folder)
     assert "\n" not in str(info.value)
+
+
+def test_clean_fit_filter_rules():
+    from pipeline.data import fit_filter_mask
+
+    texts = ["I am so happy today friends", "@bob I am SO happy   today friends",  # same words, same labels
+             "this makes me furious and sad", "This makes me furious and sad!",  # same words, other labels
+             "@bob lol", "nothing to feel here at all", "what a lovely morning it is"]
+    labels = np.array([[1, 0], [1, 0], [0, 1], [1, 1], [1, 0], [0, 0], [1, 0]])
+    keep, reasons = fit_filter_mask(texts, labels, "clean")
+    assert keep.tolist() == [True, False, False, False, False, False, True]
+    assert reasons == {"no emotion label": 1, "fewer than 3 words": 1, "repeated text, conflicting labels": 2,
+                       "repeated text, same labels (copies)": 1}
+    keep, reasons = fit_filter_mask(texts, labels, "none")
+    assert keep.all() and reasons == {}

@@ -14,9 +14,9 @@ def test_registry_has_the_issue_presets():
                 "tiny-encoder", "tfidf-lr"}
     assert expected <= set(PRESETS)
     for preset in PRESETS.values():
-        assert preset.kind in ("encoder", "tfidf")
-        if preset.kind == "encoder" and preset.tiny is None:
-            assert preset.hf_id, preset.name
+        assert preset.kind in ("encoder", "decoder", "tfidf")
+        if preset.kind != "tfidf" and preset.tiny is None:
+            assert preset.hf_id and preset.arch, preset.name
         cfg = RunConfig()
         cfg.model.preset = preset.name
         validate(cfg)

@@ -29,11 +29,12 @@ def test_length_grouped_batches_cover_every_row_once_and_reduce_padding():
 def test_collate_pads_dynamically(side):
     collate = _Collate(pad_id=0, padding_side=side)
     batch = collate([{"row": 0, "input_ids": [5, 6, 7]}, {"row": 3, "input_ids": [8]}])
-    assert batch["input_ids"].shape == (2, 3)
+    inputs = batch["inputs"]
+    assert inputs["input_ids"].shape == (2, 3)
     if side == "right":
-        assert batch["input_ids"][1].tolist() == [8, 0, 0] and batch["attention_mask"][1].tolist() == [1, 0, 0]
+        assert inputs["input_ids"][1].tolist() == [8, 0, 0] and inputs["attention_mask"][1].tolist() == [1, 0, 0]
     else:
-        assert batch["input_ids"][1].tolist() == [0, 0, 8] and batch["attention_mask"][1].tolist() == [0, 0, 1]
+        assert inputs["input_ids"][1].tolist() == [0, 0, 8] and inputs["attention_mask"][1].tolist() == [0, 0, 1]
     assert batch["row"].tolist() == [0, 3]
 
 

