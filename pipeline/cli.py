@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -25,8 +26,11 @@ def _setup_logging(quiet: bool) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     handler._pipeline = True
     log.addHandler(handler)
-    for noisy in ("transformers", "accelerate", "optuna"):
+    # bitsandbytes warns at import that an optional CPU kernel package is missing; it changes nothing here
+    for noisy in ("transformers", "accelerate", "optuna", "bitsandbytes", "peft"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    if quiet:  # no weight-loading bars from transformers and the hub either
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 
 def _guard(main):

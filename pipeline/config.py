@@ -102,13 +102,27 @@ class RunConfig:
         return d
 
     def short_hash(self) -> str:
-        blob = json.dumps(self.result_dict(), sort_keys=True).encode()
+        """8 hex digits identifying the settings that differ from the defaults, so a release that
+        adds a config field (with a default that changes nothing) keeps every run's name and hash."""
+        default = _flatten(RunConfig().result_dict())
+        changed = {k: v for k, v in _flatten(self.result_dict()).items() if default.get(k, object()) != v}
+        blob = json.dumps(changed, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
 
     def run_name(self) -> str:
         if self.name:
             return self.name
         return f"{self.model.preset}-f{self.cv.n_folds}-s{self.cv.seed}-{self.short_hash()}"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "cv": CVConfig,

@@ -188,8 +188,10 @@ class _NeuralFolds:
         extractor = self.accelerator.prepare_model(FeatureExtractor(model), evaluation_mode=True)
         batch = self.cfg.train.eval_batch_size
         enc = self.inputs
-        train = predict_logits(extractor, self.accelerator, enc, "train", np.arange(len(enc.train)), batch)
-        test = predict_logits(extractor, self.accelerator, enc, "test", np.arange(len(enc.test)), batch)
+        train = predict_logits(extractor, self.accelerator, enc, "train", np.arange(len(enc.train)), batch,
+                               self.progress, "frozen features, train")
+        test = predict_logits(extractor, self.accelerator, enc, "test", np.arange(len(enc.test)), batch,
+                              self.progress, "frozen features, test")
         self.feature_seconds = time.perf_counter() - start
         log.info("frozen features of %d texts computed once in %.1f s (%.1f texts/s)", len(train) + len(test),
                  self.feature_seconds, (len(train) + len(test)) / max(self.feature_seconds, 1e-9))

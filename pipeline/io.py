@@ -12,12 +12,12 @@ from pathlib import Path
 import pandas as pd
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write, binary: bool = False) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -45,16 +45,4 @@ def atomic_write_npz(path: Path, **arrays) -> None:
     """numpy arrays in one .npz, written to a temporary name and renamed."""
     import numpy as np
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _atomic(path, lambda h: np.savez(h, **arrays), binary=True)

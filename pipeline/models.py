@@ -56,6 +56,8 @@ class Preset:
 
 
 _QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MISTRAL_7B = dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                   num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False)
 
 
 def _llama(hidden, inter, layers, heads, kv, vocab, tie, **extra) -> dict:
@@ -160,13 +162,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     _decoder("gpt2-xl", "openai-community/gpt2-xl",
              _arch("gpt2", n_embd=1600, n_layer=48, n_head=25, vocab_size=50257, n_positions=1024),
              "GPT-2 XL 1.5B", targets=("c_attn",), lr=5e-5),
-    _decoder("mistral-7b", "mistralai/Mistral-7B-v0.1",
-             _arch("mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                   num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False),
-             "Mistral 7B (4-bit QLoRA)", load_in_4bit=True, lr=5e-5),
-    _decoder("e5-mistral-7b", "intfloat/e5-mistral-7b-instruct",
-             _arch("mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                   num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False),
+    _decoder("mistral-7b", "mistralai/Mistral-7B-v0.1", _MISTRAL_7B, "Mistral 7B (4-bit QLoRA)",
+             load_in_4bit=True, lr=5e-5),
+    _decoder("e5-mistral-7b", "intfloat/e5-mistral-7b-instruct", _MISTRAL_7B,
              "E5-Mistral 7B instruct, an embedding model pooling the final eos (4-bit QLoRA)",
              load_in_4bit=True, lr=5e-5, append_eos=True),
     # tiny random decoders, one per family, for tests

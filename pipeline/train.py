@@ -206,18 +206,20 @@ def _param_groups(model, cfg: RunConfig, lr: float) -> list:
     return list(groups.values())
 
 
-def predict_logits(model, accelerator, inputs, split: str, index: np.ndarray, batch_size: int) -> np.ndarray:
+def predict_logits(model, accelerator, inputs, split: str, index: np.ndarray, batch_size: int,
+                   progress: Optional[Callable] = None, desc: str = "predict") -> np.ndarray:
     """Outputs (len(index), n_out) of `model` for rows `index` of `split` ('train' or 'test') of
     `inputs` (Encoded or Features), in the order of `index`. Under several processes each predicts
-    a share and the shares are gathered (no duplicated rows)."""
+    a share and the shares are gathered (no duplicated rows). progress: a tqdm-like factory or None."""
     loader = DataLoader(inputs.dataset(split, index, None),
                         batch_sampler=_sorted_batches(inputs.lengths(split, index), batch_size),
                         collate_fn=inputs.collate())
     loader = accelerator.prepare_data_loader(loader)
     model.eval()
     rows, outs = [], []
+    batches = loader if progress is None else progress(loader, total=len(loader), desc=desc)
     with torch.no_grad():
-        for batch in loader:
+        for batch in batches:
             logits = model(**batch["inputs"])
             r, lg = accelerator.gather_for_metrics((batch["row"], logits.float()))
             rows.append(r.cpu().numpy())

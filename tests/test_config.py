@@ -85,3 +85,12 @@ def test_run_name_ignores_data_dir_but_not_results():
     c = from_dict({"train": {"lr": 1e-3}})
     assert a.run_name() == b.run_name() != c.run_name()
     assert a.run_name().startswith("minilm-l6-f5-s42-")
+
+
+def test_run_hash_depends_only_on_settings_that_differ_from_defaults():
+    base = load_config(None, ["model.preset=tfidf-lr"])
+    assert base.short_hash() == load_config(None, ["model.preset=tfidf-lr", "train.epochs=3"]).short_hash()
+    assert base.short_hash() != load_config(None, ["model.preset=tfidf-lr", "train.epochs=4"]).short_hash()
+    # where files live and checkpoint cadence do not change results, so not the hash either
+    assert base.short_hash() == load_config(None, ["model.preset=tfidf-lr", "data.data_dir=/elsewhere",
+                                                   "train.checkpoint_every=50"]).short_hash()
