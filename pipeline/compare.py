@@ -46,6 +46,7 @@ def run_row(run_dir: Path) -> dict:
         "n": str(report["n_rows"]),
         "macro-F1 @0.5": f"{report['oof_at_0.5']['macro_f1']:.4f}",
         "macro-F1 tuned": f"{report['oof_tuned']['macro_f1']:.4f}",
+        "macro-F1 tuned (cv)": f"{report['oof_tuned_cv']['macro_f1']:.4f}" if "oof_tuned_cv" in report else "-",
         "fold std": f"{pf['std_tuned']:.4f}" if pf else "-",
         "micro-F1 tuned": f"{report['oof_tuned']['micro_f1']:.4f}",
         "train ex/s": f"{t['train_examples_per_second']:.1f}" if t else "-",

@@ -354,15 +354,31 @@ def save_config(cfg: RunConfig, path: Path, runtime: Optional[dict] = None) -> N
     from pipeline.io import atomic_write_text
 
     data = cfg.to_dict()
+    data["preset_values"] = preset_values(cfg)
     if runtime:
         data["runtime"] = runtime
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
+def preset_values(cfg: RunConfig) -> dict:
+    """What the config's `null` (= the preset's) fields came to, for a reader of config.yaml."""
+    from pipeline import models  # late import: models imports config
+
+    preset = models.get_preset(cfg.model.preset)
+    if preset.kind == "tfidf":
+        return {}
+    st = models.settings(cfg.model)
+    values = {f.name: getattr(st, f.name) for f in dataclasses.fields(st) if f.name != "preset"}
+    values["lora_targets"] = list(values["lora_targets"])
+    return {"model": values, "train": {"lr": cfg.train.lr or preset.lr,
+                                       "batch_size": cfg.train.batch_size or preset.batch_size}}
+
+
 def read_saved_config(path: Path) -> RunConfig:
-    """The config a run was started with (a `runtime` section, if any, is left out)."""
+    """The config a run was started with (the `preset_values` and `runtime` sections are left out)."""
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     raw.pop("runtime", None)
+    raw.pop("preset_values", None)
     return from_dict(raw, str(path))
 
 

@@ -6,12 +6,10 @@ submissions take the same path.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Optional
 
 import numpy as np
-from joblib import Parallel, delayed
 from scipy.sparse import hstack
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -43,15 +41,9 @@ def fit_tfidf_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndar
     fit_texts = [train_texts[i] for i in train_idx]
     x_train = hstack([word.fit_transform(fit_texts), char.fit_transform(fit_texts)]).tocsr()
     weights = pos_weights(labels[train_idx], cfg.train.pos_weight)
-
-    def fit(j):
-        clf = LogisticRegression(C=C, solver="liblinear", class_weight={0: 1.0, 1: float(weights[j])},
-                                 max_iter=1000, random_state=cfg.cv.seed)
-        return clf.fit(x_train, labels[train_idx, j])
-
-    # liblinear releases the GIL: one thread per core fits the labels side by side, same results
-    models = Parallel(n_jobs=min(labels.shape[1], os.cpu_count() or 1), prefer="threads")(
-        delayed(fit)(j) for j in range(labels.shape[1]))
+    models = [LogisticRegression(C=C, solver="liblinear", class_weight={0: 1.0, 1: float(weights[j])},
+                                 max_iter=1000, random_state=cfg.cv.seed).fit(x_train, labels[train_idx, j])
+              for j in range(labels.shape[1])]
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
