@@ -370,8 +370,8 @@ def preset_values(cfg: RunConfig) -> dict:
     st = models.settings(cfg.model)
     values = {f.name: getattr(st, f.name) for f in dataclasses.fields(st) if f.name != "preset"}
     values["lora_targets"] = list(values["lora_targets"])
-    return {"model": values, "train": {"lr": cfg.train.lr or preset.lr,
-                                       "batch_size": cfg.train.batch_size or preset.batch_size}}
+    lr, batch_size = models.train_settings(cfg)
+    return {"model": values, "train": {"lr": lr, "batch_size": batch_size}}
 
 
 def read_saved_config(path: Path) -> RunConfig:

@@ -244,13 +244,13 @@ def make_accelerator(cfg: RunConfig):
 def _train_with_oom_retry(runner, cfg: RunConfig, fold: int, folds: np.ndarray, checkpoint_dir: Path,
                           status: StatusFile, adjustments: list, fit_mask: np.ndarray):
     """On a GPU out-of-memory error, halve the batch and double accumulation (same effective batch)."""
-    from pipeline.models import get_preset as preset_of
+    from pipeline.models import train_settings
 
     while True:
         try:
             return runner(fold, folds, checkpoint_dir, status.update, fit_mask)
         except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled, others re-raised
-            batch = cfg.train.batch_size or preset_of(cfg.model.preset).batch_size
+            batch = train_settings(cfg)[1]
             if not is_out_of_memory(exc) or batch <= 1:
                 raise
             cfg.train.batch_size, cfg.train.grad_accum_steps = batch // 2, cfg.train.grad_accum_steps * 2

@@ -230,6 +230,12 @@ def settings(cfg: ModelConfig) -> ModelSettings:
                          bool(pick("freeze_embeddings")))
 
 
+def train_settings(cfg) -> tuple:
+    """(lr, batch_size) of a RunConfig: the train section's, or the preset's where it leaves them unset."""
+    p = get_preset(cfg.model.preset)
+    return cfg.train.lr or p.lr, cfg.train.batch_size or p.batch_size
+
+
 def weights_source(cfg: ModelConfig) -> str:
     """Where the weights (and tokenizer) come from: an explicit path, a package folder or the hub id."""
     preset = get_preset(cfg.preset)
@@ -472,6 +478,13 @@ def build_model(cfg: ModelConfig, n_labels: int, tokenizer=None, device=None):
     backbone = _load_backbone(cfg, st, tokenizer, device)
     if preset.kind == "decoder":
         backbone.config.pad_token_id = tokenizer.pad_token_id  # the model config must agree with the tokenizer
+    return classifier_from_backbone(backbone, st, n_labels, cfg.dropout), tokenizer
+
+
+def classifier_from_backbone(backbone, st: ModelSettings, n_labels: int, dropout: float) -> nn.Module:
+    """What build_model makes of a loaded backbone: k-bit preparation or gradient checkpointing (non-
+    reentrant), frozen embeddings unless fully fine-tuned, the SequenceClassifier head, then LoRA adapters
+    (finetune='lora') or everything frozen in eval mode (finetune='head')."""
     if st.load_in_4bit and st.finetune != "head":
         from peft import prepare_model_for_kbit_training
 
@@ -482,13 +495,13 @@ def build_model(cfg: ModelConfig, n_labels: int, tokenizer=None, device=None):
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if st.freeze_embeddings or st.finetune != "full":
         backbone.get_input_embeddings().weight.requires_grad_(False)
-    model = SequenceClassifier(backbone, n_labels, preset.pooling, cfg.dropout, decoder=preset.kind == "decoder")
+    model = SequenceClassifier(backbone, n_labels, st.preset.pooling, dropout, decoder=st.preset.kind == "decoder")
     if st.finetune == "head":
         model.requires_grad_(False)
         model.eval()
     elif st.finetune == "lora":
         model = _apply_lora(model, st)
-    return model, tokenizer
+    return model
 
 
 def trainable_state(model: nn.Module) -> dict:

@@ -469,8 +469,7 @@ def estimate_memory(cfg: RunConfig, device: str = "cuda", n_labels: int = 11,
     s = models.settings(cfg.model)
     backbone, published = _skeletons(s.preset.name)
     rate = cfg.model.backbone_dropout if cfg.model.backbone_dropout is not None else s.preset.backbone_dropout
-    batch = batch_size or (cfg.train.eval_batch_size if s.finetune == "head" else
-                           cfg.train.batch_size or s.preset.batch_size)
+    batch = batch_size or (cfg.train.eval_batch_size if s.finetune == "head" else models.train_settings(cfg)[1])
     return _estimate(backbone, published, s, device, n_labels, batch, max_length or s.max_length,
                      cfg.train.grad_accum_steps, rate)
 
@@ -650,8 +649,9 @@ def measure_peak_cpu(model, finetune: str = "lora", batch_size: int = 8, max_len
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"measurement failed (exit {out.returncode}): {out.stderr[-2000:]}")
     result = json.loads(lines[-1][len("RESULT "):])
-    result["estimate"] = dataclasses.asdict(estimate_for_spec(spec))
-    result["estimate_total"] = estimate_for_spec(spec).total(gradient_checkpointing)
+    estimate = estimate_for_spec(spec)
+    result["estimate"] = dataclasses.asdict(estimate)
+    result["estimate_total"] = estimate.total(gradient_checkpointing)
     return result
 
 
@@ -710,21 +710,15 @@ def _vm(key: str) -> int:
 
 
 def _random_classifier(spec: dict):
-    """The pipeline's classifier around a randomly initialised backbone of a spec's config dict: what
-    build_model makes of a backbone (SequenceClassifier, the LoRA setup of pipeline.models, non-reentrant
-    checkpointing), for architectures that have no preset."""
+    """The pipeline's classifier (pipeline.models.classifier_from_backbone, as build_model makes it) around
+    a randomly initialised backbone of a spec's config dict, for architectures that have no preset."""
     from transformers import AutoConfig, AutoModel
 
     from pipeline import models
     from pipeline.config import ModelConfig
 
-    st = _spec_settings(spec)
     backbone = AutoModel.from_config(AutoConfig.for_model(**spec["model"]))
-    if st.gradient_checkpointing:
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = models.SequenceClassifier(backbone, spec["n_labels"], st.preset.pooling, ModelConfig.dropout,
-                                      decoder=st.preset.kind == "decoder")
-    return models._apply_lora(model, st) if st.finetune == "lora" else model
+    return models.classifier_from_backbone(backbone, _spec_settings(spec), spec["n_labels"], ModelConfig.dropout)
 
 
 def measurement_model(spec: dict):
@@ -747,7 +741,7 @@ def measurement_model(spec: dict):
     else:
         model = _random_classifier(spec)
     b, s = spec["batch_size"], spec["max_length"]
-    ids = torch.randint(0, _spec_skeletons(spec)[0].config.vocab_size, (b, s))
+    ids = torch.randint(0, model.backbone.config.vocab_size, (b, s))  # peft forwards attribute lookups
     mask = torch.ones(b, s, dtype=torch.long)
     mask[0, -min(8, s - 1):] = 0
     labels = (torch.rand(b, spec["n_labels"]) < 0.3).float()

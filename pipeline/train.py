@@ -23,7 +23,7 @@ from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.losses import bce_loss
 from pipeline.metrics import macro_f1
-from pipeline.models import HeadClassifier, build_model, get_preset, save_fold_model, trainable_state
+from pipeline.models import HeadClassifier, build_model, save_fold_model, train_settings, trainable_state
 
 log = logging.getLogger("pipeline")
 
@@ -304,10 +304,8 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
-    preset = get_preset(cfg.model.preset)
     tcfg = cfg.train
-    lr = tcfg.lr or preset.lr
-    batch_size = tcfg.batch_size or preset.batch_size
+    lr, batch_size = train_settings(cfg)
     status = status or (lambda **facts: None)
     train_idx = np.flatnonzero((folds != fold) & (True if fit_mask is None else fit_mask))
     val_idx = np.flatnonzero(folds == fold)
