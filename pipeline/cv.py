@@ -21,28 +21,23 @@ import yaml
 
 from pipeline.config import RunConfig, diff_configs, read_saved_config, save_config
 from pipeline.data import CompetitionData, fit_filter_mask, load_competition_data
-from pipeline.ensemble import cross_validated_macro_f1
+from pipeline.ensemble import cross_validated_preds
 from pipeline.errors import ConfigError, RunDirError
 from pipeline.folds import load_folds, make_folds, save_folds, sparse_label_warnings, stratified_subset
 from pipeline.io import atomic_write_csv, atomic_write_json, atomic_write_npz, atomic_write_text
 from pipeline.models import get_preset
-from pipeline.report import build_report, render_markdown
-from pipeline.thresholds import ThresholdTuner
+from pipeline.report import headline, holdout_section
 
 log = logging.getLogger("pipeline")
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
 
 def subset_data(data: CompetitionData, max_rows: Optional[int], seed: int) -> CompetitionData:
     """Keep a label-stratified subset of the training rows; the test set stays whole."""
     if not max_rows or max_rows >= len(data.train):
         return data
-    keep = stratified_subset(data.labels, max_rows, seed)
+    keep = stratified_subset(data.labels, max_rows, seed, data.task)
     return CompetitionData(data.competition, data.train.iloc[keep].reset_index(drop=True), data.test,
-                           data.sample, data.label_cols, data.labels[keep])
+                           data.sample, data.label_cols, data.labels[keep], data.holdout_labels, data.holdout_note)
 
 
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, create: bool = True) -> None:
@@ -73,12 +68,12 @@ def folds_digest(folds: np.ndarray) -> str:
 
 
 def _save_fold(run_dir: Path, result, train_ids, test_ids, label_cols: list, identity: dict,
-               adjustments: list) -> None:
+               adjustments: list, task) -> None:
     out = _fold_dir(run_dir, result.fold)
-    oof = pd.DataFrame(sigmoid(result.val_logits), columns=label_cols)
+    oof = pd.DataFrame(task.probs(result.val_logits), columns=label_cols)  # the task's link: sigmoid or softmax
     oof.insert(0, "id", train_ids[result.val_index])
     atomic_write_csv(out / "oof.csv", oof)
-    test = pd.DataFrame(sigmoid(result.test_logits), columns=label_cols)
+    test = pd.DataFrame(task.probs(result.test_logits), columns=label_cols)
     test.insert(0, "id", test_ids)
     atomic_write_csv(out / "test_probs.csv", test)
     atomic_write_json(out / "result.json", {  # written last: its presence marks a finished fold
@@ -293,9 +288,9 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
     train_ids, test_ids = data.train_ids, data.test_ids
     folds_path = run_dir / "folds.csv"
     if main and not folds_path.is_file():
-        for message in sparse_label_warnings(data.labels, data.label_cols, n_folds):
+        for message in sparse_label_warnings(data.labels, data.label_cols, n_folds, data.task):
             log.warning(message)
-        save_folds(folds_path, train_ids, make_folds(data.labels, n_folds, cfg.cv.seed))
+        save_folds(folds_path, train_ids, make_folds(data.labels, n_folds, cfg.cv.seed, data.task))
     accelerator.wait_for_everyone()
     folds = load_folds(folds_path, train_ids, n_folds)  # every stage reads the saved split
     fit_mask, dropped = fit_filter_mask(data.train_texts, data.labels, cfg.data.fit_filter)
@@ -328,7 +323,7 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
         result = _train_with_oom_retry(runner, train_cfg, fold, folds, _fold_dir(run_dir, fold) / "checkpoint",
                                        status, adjustments, fit_mask)
         if main:
-            _save_fold(run_dir, result, train_ids, test_ids, data.label_cols, identity, adjustments)
+            _save_fold(run_dir, result, train_ids, test_ids, data.label_cols, identity, adjustments, data.task)
             log.info("fold %d/%d done in %.1f s, best epoch %d", fold + 1, n_folds,
                      time.perf_counter() - start, result.best_epoch)
         accelerator.wait_for_everyone()
@@ -378,17 +373,19 @@ def assemble_run(cfg: RunConfig, run_dir: Path, data: CompetitionData, folds: np
     test_frame = pd.DataFrame(test_probs, columns=label_cols)
     test_frame.insert(0, "id", data.test_ids)
     atomic_write_csv(run_dir / "test_probs.csv", test_frame)
-    # tune on the probabilities as saved (rounded), so a later reader gets the same thresholds
+    # tune on the probabilities as saved (rounded), so a later reader gets the same rule
     oof_probs = pd.read_csv(run_dir / "oof.csv")[label_cols].to_numpy()
+    test_probs = pd.read_csv(run_dir / "test_probs.csv")[label_cols].to_numpy()
 
-    th = cfg.thresholds
+    task, metric = data.task, data.competition.metric
     def make_tuner():
-        return ThresholdTuner(th.method, th.n_trials, th.low, th.high, seed=cfg.cv.seed)
+        return task.decider(cfg.thresholds, cfg.cv.seed, metric)
 
     tuner = make_tuner().fit(oof_probs, data.labels)
-    atomic_write_json(run_dir / "thresholds.json", dict(zip(label_cols, tuner.thresholds_.tolist())))
-    # the honest version of the tuned score: each fold's thresholds fitted on the other folds only
-    cv_macro_f1 = cross_validated_macro_f1([oof_probs], data.labels, folds, make_tuner, weights=np.ones(1))
+    atomic_write_json(run_dir / task.decision_file, task.decision_json(tuner, label_cols))
+    # the honest version of the tuned score: each fold's rule fitted on the other folds only
+    cv_preds = cross_validated_preds([oof_probs], data.labels, folds, make_tuner, weights=np.ones(1))
+    cv_scores = task.scores(data.labels, cv_preds)
     fold_infos = [{k: results[f][k] for k in ("fold", "best_epoch", "history")} for f in sorted(results)]
     train_s = sum(results[f]["train_seconds"] for f in results)
     train_n = sum(results[f]["train_examples"] for f in results)
@@ -403,11 +400,19 @@ def assemble_run(cfg: RunConfig, run_dir: Path, data: CompetitionData, folds: np
             n_feat = len(saved["train"]) + len(saved["test"])
             timing.update(feature_seconds=float(saved["seconds"]), feature_examples=n_feat,
                           feature_examples_per_second=n_feat / max(float(saved["seconds"]), 1e-9))
-    report = build_report(oof_probs, data.labels, folds, tuner.thresholds_, label_cols,
-                          {"run": run_dir.name, "timing": timing, "folds": fold_infos, "config": cfg.to_dict(),
-                           "oof_tuned_cv": {"macro_f1": cv_macro_f1}})
-    atomic_write_text(run_dir / "report.md", render_markdown(report, f"CV report: {run_dir.name}"))
+    report = task.build_report(oof_probs, data.labels, folds, tuner, label_cols,
+                               {"run": run_dir.name, "timing": timing, "folds": fold_infos, "config": cfg.to_dict(),
+                                "oof_tuned_cv": cv_scores})
+    report["headline"] = headline(task, metric, oof_probs, data.labels, tuner, cv_preds)
+    # scored once, after everything is fitted; nothing above reads the test labels
+    if data.holdout_labels is not None:
+        report["holdout_test"] = holdout_section(task, metric, test_probs, data.holdout_labels, tuner)
+    elif data.holdout_note:
+        report["holdout_test_note"] = data.holdout_note
+    atomic_write_text(run_dir / "report.md", task.render_markdown(report, f"CV report: {run_dir.name}"))
     atomic_write_json(run_dir / "report.json", report)
-    log.info("OOF macro-F1 %.4f at 0.5, %.4f with tuned thresholds -> %s",
-             report["oof_at_0.5"]["macro_f1"], report["oof_tuned"]["macro_f1"], run_dir / "report.md")
+    h = report["headline"]
+    hold = f"; hold-out test {metric} {report['holdout_test']['tuned'][metric]:.4f}" if "holdout_test" in report else ""
+    log.info("OOF %s %.4f (%s), %.4f tuned, %.4f cross-validated%s -> %s", metric, h["untuned"], task.untuned,
+             h["tuned"], h["cv"], hold, run_dir / "report.md")
     return run_dir

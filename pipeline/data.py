@@ -23,11 +23,24 @@ from pipeline.errors import DataError
 @dataclass
 class CompetitionData:
     competition: Competition
-    train: pd.DataFrame  # id_col, text_col and label columns, in file order
+    train: pd.DataFrame  # id_col, text_col and the label column(s), in file order (train files concatenated)
     test: pd.DataFrame  # id_col and text_col, in file order
-    sample: pd.DataFrame  # the sample submission as read (fixes columns and id order)
-    label_cols: list  # from the sample submission's header
-    labels: np.ndarray  # (n_train, n_labels) int8 0/1
+    sample: pd.DataFrame  # the sample submission as read, or one made from the definition (fixes columns, id order)
+    label_cols: list  # labels (multilabel) or classes (multiclass): the probability columns, in output order
+    labels: np.ndarray  # (n_train, n_labels) int8 0/1; one-hot for multiclass
+    holdout_labels: Optional[np.ndarray] = None  # (n_test, n_labels) test labels from the solution file, or None
+    holdout_note: str = ""  # why there is no hold-out score, when the definition names a solution file
+
+    @property
+    def task(self):
+        from pipeline.tasks import get_task
+
+        return get_task(self.competition.task)
+
+    def labels_for(self, ids) -> np.ndarray:
+        """Label rows (n, n_labels) of training ids, in the order given."""
+        position = pd.Series(np.arange(len(self.train)), index=self.train[self.competition.id_col])
+        return self.labels[position.loc[list(ids)].to_numpy()]
 
     @property
     def train_ids(self) -> np.ndarray:
@@ -54,9 +67,10 @@ def _show(values, limit: int = 5) -> str:
 
 def missing_data_message(comp: Competition, folder: Path, missing: list) -> str:
     what = "does not exist" if not folder.exists() else f"has no {', '.join(missing)}"
+    files = comp.required_files
+    listed = ", ".join(files[:-1]) + f" and {files[-1]}"
     return (f"data folder {folder} {what}. Get the files with `{comp.download} -p {folder}` and unzip "
-            f"them there, or pass --data-dir pointing at a folder with "
-            f"{comp.train_file}, {comp.test_file} and {comp.sample_submission_file}")
+            f"them there, or pass --data-dir pointing at a folder with {listed}")
 
 
 def read_csv(path: Path) -> pd.DataFrame:
@@ -138,56 +152,167 @@ def _parse_labels(frame: pd.DataFrame, name: str, id_col: str, label_cols: list)
     return out
 
 
-def load_competition_data(cfg: DataConfig, data_dir: Optional[str] = None) -> CompetitionData:
-    """Read and check train, test and sample submission. Returns a `CompetitionData`."""
-    comp = get_competition(cfg.competition)
-    folder = Path(data_dir or cfg.data_dir)
-    files = [comp.train_file, comp.test_file, comp.sample_submission_file]
-    missing = [f for f in files if not (folder / f).is_file()]
-    if missing:
-        raise DataError(missing_data_message(comp, folder, missing))
-    sample = read_csv(folder / comp.sample_submission_file)
-    sname = comp.sample_submission_file
-    if comp.id_col not in sample.columns:
-        raise DataError(f"{sname} has no id column '{comp.id_col}'; found: {', '.join(sample.columns)}")
+def _parse_classes(frame: pd.DataFrame, name: str, id_col: str, label_col: str, classes: list) -> np.ndarray:
+    """One-hot (n, K) from a column of class names; unknown names are named with the closest classes."""
+    values = frame[label_col].str.strip()
+    known = values.isin(classes)
+    if not known.all():
+        bad = values[~known]
+        shown = []
+        for value in list(dict.fromkeys(bad))[:5]:
+            close = difflib.get_close_matches(value, classes, n=2, cutoff=0.5)
+            hint = f" (closest: {', '.join(repr(c) for c in close)})" if close else ""
+            shown.append(f"{value!r} in {int((bad == value).sum())} rows{hint}")
+        more = f", and {bad.nunique() - 5} more values" if bad.nunique() > 5 else ""
+        raise DataError(f"{name}: column '{label_col}' has values that are not among the classes "
+                        f"{', '.join(classes)}: {'; '.join(shown)}{more} (first ids: {_show(frame.loc[~known, id_col])})")
+    index = values.map({c: k for k, c in enumerate(classes)}).to_numpy(dtype=np.int64)
+    out = np.zeros((len(frame), len(classes)), dtype=np.int8)
+    out[np.arange(len(frame)), index] = 1
+    return out
+
+
+def parse_label_block(frame: pd.DataFrame, name: str, comp: Competition, label_cols: list) -> np.ndarray:
+    """The labels of a train, test or solution frame as (n, n_labels) int8 0/1, checked for the task:
+    0/1 columns (multilabel), a class-name column (multiclass with label_col), or one-hot columns with
+    exactly one 1 per row (multiclass without)."""
+    if comp.label_col:
+        return _parse_classes(frame, name, comp.id_col, comp.label_col, label_cols)
+    labels = _parse_labels(frame, name, comp.id_col, label_cols)
+    if comp.task == "multiclass":
+        ones = labels.sum(1)
+        if (ones != 1).any():
+            none, many = frame.loc[ones == 0, comp.id_col], frame.loc[ones > 1, comp.id_col]
+            raise DataError(f"{name}: each row must have exactly one 1 across {', '.join(label_cols)} (one class "
+                            f"per row); {len(none)} rows have none (first ids: {_show(none) or '-'}), {len(many)} "
+                            f"rows have two or more (first ids: {_show(many) or '-'})")
+    return labels
+
+
+def label_block_columns(comp: Competition, label_cols: list) -> list:
+    """The columns that hold a row's labels in train, test-with-labels and solution files."""
+    return [comp.label_col] if comp.label_col else list(label_cols)
+
+
+def _label_cols(comp: Competition, sample: Optional[pd.DataFrame], train: pd.DataFrame, train_name: str) -> list:
+    """Labels or classes in output order: declared in the definition, else from the sample submission's
+    header (0/1 columns), else the sorted class names found in the training data's label column."""
+    if comp.classes:
+        return list(comp.classes)
+    if comp.label_col:
+        if comp.label_col not in train.columns:
+            raise DataError(f"{train_name} is missing the label column '{comp.label_col}'; found: "
+                            f"{', '.join(map(str, train.columns))}")
+        return sorted(set(train[comp.label_col].str.strip()))
     label_cols = [c for c in sample.columns if c != comp.id_col]
     if not label_cols:
-        raise DataError(f"{sname} has no label columns besides '{comp.id_col}'")
-    _check_ids(sample, sname, comp.id_col)
+        raise DataError(f"{comp.sample_submission_file} has no label columns besides '{comp.id_col}'")
+    return label_cols
 
-    train = read_csv(folder / comp.train_file)
-    _check_columns(train, comp.train_file, [comp.id_col, comp.text_col] + label_cols)
-    train = train[[comp.id_col, comp.text_col] + label_cols]
-    _check_ids(train, comp.train_file, comp.id_col)
-    _check_text(train, comp.train_file, comp.id_col, comp.text_col)
-    labels = _parse_labels(train, comp.train_file, comp.id_col, label_cols)
+
+def load_competition_data(cfg: DataConfig, data_dir: Optional[str] = None) -> CompetitionData:
+    """Read and check the training file(s), the test file, the sample submission (when the competition
+    has one) and the solution file (when it names one and it is there). Returns a `CompetitionData`."""
+    comp = get_competition(cfg.competition)
+    folder = Path(data_dir or cfg.data_dir)
+    missing = [f for f in comp.required_files if not (folder / f).is_file()]
+    if missing:
+        raise DataError(missing_data_message(comp, folder, missing))
+    sample = None
+    sname = comp.sample_submission_file
+    if sname:
+        sample = read_csv(folder / sname)
+        if comp.id_col not in sample.columns:
+            raise DataError(f"{sname} has no id column '{comp.id_col}'; found: {', '.join(sample.columns)}")
+        _check_ids(sample, sname, comp.id_col)
+
+    tname = " + ".join(comp.train_files)
+    parts = [read_csv(folder / f) for f in comp.train_files]
+    label_cols = _label_cols(comp, sample, parts[0], comp.train_file)
+    block = label_block_columns(comp, label_cols)
+    if sample is not None and comp.label_col and list(sample.columns) != [comp.id_col, comp.label_col]:
+        raise DataError(f"{sname} must have the columns {comp.id_col}, {comp.label_col}; found: "
+                        f"{', '.join(sample.columns)}")
+    for part, fname in zip(parts, comp.train_files):
+        _check_columns(part, fname, [comp.id_col, comp.text_col] + block)
+    train = pd.concat([part[[comp.id_col, comp.text_col] + block] for part in parts], ignore_index=True)
+    _check_ids(train, tname, comp.id_col)
+    _check_text(train, tname, comp.id_col, comp.text_col)
+    labels = np.concatenate([parse_label_block(part, fname, comp, label_cols)
+                             for part, fname in zip(parts, comp.train_files)])
     train = train.copy()
-    for j, col in enumerate(label_cols):
-        train[col] = labels[:, j].astype(np.int64)
+    if not comp.label_col:
+        for j, col in enumerate(label_cols):
+            train[col] = labels[:, j].astype(np.int64)
     no_pos = [c for j, c in enumerate(label_cols) if labels[:, j].sum() == 0]
     if no_pos:
-        raise DataError(f"{comp.train_file}: label columns {no_pos} have no positive rows; "
-                        f"a classifier cannot learn them")
+        what = "classes {} have no rows" if comp.task == "multiclass" else "label columns {} have no positive rows"
+        raise DataError(f"{tname}: {what.format(no_pos)}; a classifier cannot learn them")
 
-    test = read_csv(folder / comp.test_file)
-    _check_columns(test, comp.test_file, [comp.id_col, comp.text_col])
-    test = test[[comp.id_col, comp.text_col]]
+    test_raw = read_csv(folder / comp.test_file)
+    labelled_test = comp.solution_file == comp.test_file
+    _check_columns(test_raw, comp.test_file, [comp.id_col, comp.text_col] + (block if labelled_test else []))
+    test = test_raw[[comp.id_col, comp.text_col]]
     _check_ids(test, comp.test_file, comp.id_col)
     _check_text(test, comp.test_file, comp.id_col, comp.text_col)
+    test_ids = set(test[comp.id_col])
 
-    test_ids, sample_ids = set(test[comp.id_col]), set(sample[comp.id_col])
-    if test_ids != sample_ids:
-        only_test = sorted(test_ids - sample_ids)
-        only_sample = sorted(sample_ids - test_ids)
-        raise DataError(f"{comp.test_file} and {sname} list different ids: {len(only_test)} only in "
-                        f"{comp.test_file} ({_show(only_test)}), {len(only_sample)} only in {sname} "
-                        f"({_show(only_sample)})")
+    if sample is not None:
+        sample_ids = set(sample[comp.id_col])
+        if test_ids != sample_ids:
+            only_test = sorted(test_ids - sample_ids)
+            only_sample = sorted(sample_ids - test_ids)
+            raise DataError(f"{comp.test_file} and {sname} list different ids: {len(only_test)} only in "
+                            f"{comp.test_file} ({_show(only_test)}), {len(only_sample)} only in {sname} "
+                            f"({_show(only_sample)})")
+    else:
+        sample = submission_template(comp, test[comp.id_col], label_cols)
     overlap = set(train[comp.id_col]) & test_ids
     if overlap:
-        raise DataError(f"{len(overlap)} ids appear in both {comp.train_file} and {comp.test_file} "
+        raise DataError(f"{len(overlap)} ids appear in both {tname} and {comp.test_file} "
                         f"(first: {_show(sorted(overlap))})")
+    holdout, note = None, ""
+    if labelled_test:
+        holdout = parse_label_block(test_raw, comp.test_file, comp, label_cols)
+    elif comp.solution_file:
+        path = folder / comp.solution_file
+        if path.is_file():
+            holdout = read_solution(path, comp, label_cols, test[comp.id_col], comp.test_file)
+        else:
+            note = f"no hold-out score: {path} is not there"
     return CompetitionData(comp, train.reset_index(drop=True), test.reset_index(drop=True),
-                           sample, label_cols, labels)
+                           sample, label_cols, labels, holdout, note)
+
+
+def submission_template(comp: Competition, ids: pd.Series, label_cols: list) -> pd.DataFrame:
+    """The submission's shape when the competition ships no sample: the test ids in file order, then a
+    class-name column (multiclass with label_col) or one 0/1 column per label."""
+    frame = pd.DataFrame({comp.id_col: ids.to_numpy()})
+    if comp.label_col:
+        frame[comp.label_col] = label_cols[0]
+    else:
+        for col in label_cols:
+            frame[col] = 0
+    return frame
+
+
+def read_solution(path: Path, comp: Competition, label_cols: list, ids: pd.Series, ids_from: str) -> np.ndarray:
+    """Labels (len(ids), n_labels) of a solution file (id + label column(s); other columns such as
+    Kaggle's 'Usage' are ignored), aligned to `ids`; refuses a file whose ids differ from `ids_from`'s."""
+    frame = read_csv(path)
+    block = label_block_columns(comp, label_cols)
+    missing = [c for c in [comp.id_col] + block if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path.name} is missing columns {missing}; found: {', '.join(map(str, frame.columns))}")
+    _check_ids(frame, path.name, comp.id_col)
+    wanted, found = set(ids), set(frame[comp.id_col])
+    if wanted != found:
+        only_a, only_b = sorted(wanted - found), sorted(found - wanted)
+        raise DataError(f"{path.name} and {ids_from} list different ids: {len(only_b)} only in {path.name} "
+                        f"({_show(only_b)}), {len(only_a)} only in {ids_from} ({_show(only_a)})")
+    labels = parse_label_block(frame, path.name, comp, label_cols)
+    position = pd.Series(np.arange(len(frame)), index=frame[comp.id_col])
+    return labels[position.loc[list(ids)].to_numpy()]
 
 
 _MENTION_URL = re.compile(r"@\w+|https?://\S+|www\.\S+")

@@ -69,38 +69,48 @@ def best_macro_f1(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean([exact_threshold(probs[:, j], labels[:, j])[1] for j in range(labels.shape[1])]))
 
 
-def search_weights(oofs: list, labels: np.ndarray, rounds: int = 20) -> np.ndarray:
+def search_weights(oofs: list, labels: np.ndarray, rounds: int = 20, score=None) -> np.ndarray:
     """Ensemble selection with replacement (Caruana et al. 2004): start from the best run, then
-    `rounds` times add the run (again, possibly) whose addition most raises the OOF macro-F1 at
-    per-label best thresholds; weights are how often each run was picked (steps of 1/(rounds+1)).
+    `rounds` times add the run (again, possibly) whose addition most raises the OOF score;
+    weights are how often each run was picked (steps of 1/(rounds+1)).
 
-    oofs: one (n, n_labels) probability array per run, rows aligned. Returns (n_runs,) summing to 1.
+    oofs: one (n, n_labels) probability array per run, rows aligned. score: (probs, labels) -> float,
+    by default macro-F1 at per-label best thresholds (the task's `search_score`). Returns (n_runs,) summing to 1.
     """
+    score = score or best_macro_f1
     counts = np.zeros(len(oofs))
-    counts[int(np.argmax([best_macro_f1(p, labels) for p in oofs]))] = 1
+    counts[int(np.argmax([score(p, labels) for p in oofs]))] = 1
     total = sum(c * p for c, p in zip(counts, oofs))
     for _ in range(rounds):
-        scores = [best_macro_f1((total + p) / (counts.sum() + 1), labels) for p in oofs]
+        scores = [score((total + p) / (counts.sum() + 1), labels) for p in oofs]
         pick = int(np.argmax(scores))  # ties go to the earliest run: deterministic
         counts[pick] += 1
         total = total + oofs[pick]
     return counts / counts.sum()
 
 
-def cross_validated_macro_f1(oofs: list, labels: np.ndarray, folds: np.ndarray, make_tuner,
-                             weights: Optional[np.ndarray] = None) -> float:
-    """An honest OOF macro-F1: for each fold, the ensemble weights (searched when `weights` is None
-    and there are several runs) and the thresholds are fitted on the other folds' rows only, then
-    applied to this fold's rows. make_tuner: () -> an unfitted ThresholdTuner."""
+def cross_validated_preds(oofs: list, labels: np.ndarray, folds: np.ndarray, make_tuner,
+                          weights: Optional[np.ndarray] = None, search_score=None) -> np.ndarray:
+    """Honest OOF predictions: for each fold, the ensemble weights (searched with `search_score` when
+    `weights` is None and there are several runs) and the decision rule (thresholds or biases) are fitted
+    on the other folds' rows only, then applied to this fold's rows. make_tuner: () -> an unfitted
+    ThresholdTuner or BiasTuner. Returns (n, n_labels) 0/1."""
     preds = np.zeros_like(labels)
     for fold in np.unique(folds):
         fit, held = folds != fold, folds == fold
         w = weights
         if w is None:
-            w = search_weights([p[fit] for p in oofs], labels[fit]) if len(oofs) > 1 else np.ones(1)
+            w = (search_weights([p[fit] for p in oofs], labels[fit], score=search_score) if len(oofs) > 1
+                 else np.ones(1))
         mix = sum(wi * p for wi, p in zip(w, oofs))
         tuner = make_tuner().fit(mix[fit], labels[fit])
         preds[held] = tuner.predict(mix[held])
+    return preds
+
+
+def cross_validated_macro_f1(oofs: list, labels: np.ndarray, folds: np.ndarray, make_tuner,
+                             weights: Optional[np.ndarray] = None, search_score=None) -> float:
+    """Macro-F1 of `cross_validated_preds`: the honest estimate of the tuned OOF score."""
     from pipeline.metrics import macro_f1
 
-    return macro_f1(labels, preds)
+    return macro_f1(labels, cross_validated_preds(oofs, labels, folds, make_tuner, weights, search_score))

@@ -1,5 +1,6 @@
-"""Assigns each training row a fold once (MultilabelStratifiedKFold, seeded) and saves it.
+"""Assigns each training row a fold once (stratified by the task's splitter, seeded) and saves it.
 
+Multilabel runs use MultilabelStratifiedKFold, multiclass runs StratifiedKFold (pipeline/tasks/).
 Later stages read `folds.csv` from the run directory and never split again.
 """
 from __future__ import annotations
@@ -9,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 
 from pipeline.errors import RunDirError
 from pipeline.io import atomic_write_csv
@@ -17,32 +17,30 @@ from pipeline.io import atomic_write_csv
 log = logging.getLogger(__name__)
 
 
-def make_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """labels: (n_samples, n_labels) 0/1. Returns (n_samples,) int fold in [0, n_folds)."""
-    folds = np.full(labels.shape[0], -1, dtype=np.int64)
-    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for fold, (_, val) in enumerate(splitter.split(np.zeros(labels.shape[0]), labels)):
-        folds[val] = fold
+def _task(task):
+    from pipeline.tasks import get_task
+
+    return task or get_task("multilabel")
+
+
+def make_folds(labels: np.ndarray, n_folds: int, seed: int, task=None) -> np.ndarray:
+    """labels: (n_samples, n_labels) 0/1 (one-hot for multiclass). Returns (n_samples,) int fold in
+    [0, n_folds). task: a pipeline.tasks task (default multilabel)."""
+    folds = _task(task).make_folds(labels, n_folds, seed)
     assert (folds >= 0).all()
     return folds
 
 
-def sparse_label_warnings(labels: np.ndarray, label_cols: list, n_folds: int) -> list:
-    """One message per label with fewer positives than folds (some folds will have none)."""
-    counts = labels.sum(0)
-    return [f"label '{c}' has {int(n)} positive rows, fewer than {n_folds} folds: some validation "
-            f"folds hold none of it, so its per-fold F1 is undefined there"
-            for c, n in zip(label_cols, counts) if n < n_folds]
+def sparse_label_warnings(labels: np.ndarray, label_cols: list, n_folds: int, task=None) -> list:
+    """One message per label (or class) with fewer positive rows than folds (some folds hold none)."""
+    return _task(task).sparse_warnings(labels, label_cols, n_folds)
 
 
-def stratified_subset(labels: np.ndarray, n_rows: int, seed: int) -> np.ndarray:
+def stratified_subset(labels: np.ndarray, n_rows: int, seed: int, task=None) -> np.ndarray:
     """Sorted row positions of a label-stratified subset of n_rows rows (all rows if fewer)."""
     if n_rows >= labels.shape[0]:
         return np.arange(labels.shape[0])
-    split = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=n_rows,
-                                             test_size=labels.shape[0] - n_rows, random_state=seed)
-    keep, _ = next(split.split(np.zeros(labels.shape[0]), labels))
-    return np.sort(keep)
+    return np.sort(_task(task).subset(labels, n_rows, seed))
 
 
 def save_folds(path: Path, ids: np.ndarray, folds: np.ndarray) -> None:

@@ -1,4 +1,5 @@
-"""The `tfidf-lr` preset: word and character TF-IDF, one logistic regression per label.
+"""The `tfidf-lr` preset: word and character TF-IDF, then logistic regression (one per label for
+multilabel, one multinomial for multiclass: the task decides).
 
 Vectorizers are fitted on the training fold only; it returns the same `FoldResult` as the
 neural loop (logits are the regressions' decision values), so folds, OOF, thresholds and
@@ -12,10 +13,9 @@ from typing import Optional
 import numpy as np
 from scipy.sparse import hstack
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from pipeline.config import RunConfig
-from pipeline.losses import pos_weights
+from pipeline.tasks import task_for
 from pipeline.train import FoldResult
 
 
@@ -40,18 +40,16 @@ def fit_tfidf_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndar
     word, char = _vectorizers()
     fit_texts = [train_texts[i] for i in train_idx]
     x_train = hstack([word.fit_transform(fit_texts), char.fit_transform(fit_texts)]).tocsr()
-    weights = pos_weights(labels[train_idx], cfg.train.pos_weight)
-    models = [LogisticRegression(C=C, solver="liblinear", class_weight={0: 1.0, 1: float(weights[j])},
-                                 max_iter=1000, random_state=cfg.cv.seed).fit(x_train, labels[train_idx, j])
-              for j in range(labels.shape[1])]
+    task = task_for(cfg.data.competition)
+    weights = task.class_weights(labels[train_idx], cfg.train.pos_weight)
+    decide = task.linear_model(x_train, labels[train_idx], weights, C, cfg.cv.seed)
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
     val_texts = [train_texts[i] for i in val_idx]
     x_val = hstack([word.transform(val_texts), char.transform(val_texts)]).tocsr()
     x_test = hstack([word.transform(test_texts), char.transform(test_texts)]).tocsr()
-    val_logits = np.column_stack([m.decision_function(x_val) for m in models]).astype(np.float32)
-    test_logits = np.column_stack([m.decision_function(x_test) for m in models]).astype(np.float32)
+    val_logits, test_logits = decide(x_val), decide(x_test)
     predict_seconds = time.perf_counter() - start
     return FoldResult(fold, val_idx, val_logits, test_logits, best_epoch=1, history=[],
                       train_seconds=train_seconds, train_examples=len(train_idx),

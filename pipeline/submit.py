@@ -1,7 +1,8 @@
-"""Builds a submission from completed runs: average by id, tune on averaged OOF, apply to test.
+"""Builds a submission from completed runs: average by id, tune the decision rule on averaged OOF,
+apply it to test; and scores a submission file against a solution file.
 
-Writes `<out>.csv` (checked against the sample, atomically) and `<out>.json` (what went in and
-the OOF scores of each run and of the ensemble).
+Writes `<out>.csv` (checked against the sample, atomically) and `<out>.json` (what went in, the OOF
+scores of each run and of the ensemble, and the hold-out test score when the competition has one).
 """
 from __future__ import annotations
 
@@ -10,83 +11,139 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline import metrics
+from competition import get_competition
 from pipeline.config import read_saved_config
-from pipeline.data import load_competition_data
-from pipeline.ensemble import average_runs, cross_validated_macro_f1, read_run, search_weights
+from pipeline.data import label_block_columns, load_competition_data, read_csv, read_solution
+from pipeline.ensemble import average_runs, cross_validated_preds, read_run, search_weights
 from pipeline.errors import DataError
 from pipeline.io import atomic_write_json
+from pipeline.report import holdout_section
 from pipeline.submission import build_submission, write_submission
-from pipeline.thresholds import ThresholdTuner
 
 
 def make_submission(run_dirs: list, out: Path, weights=None, data_dir: Optional[str] = None) -> str:
     """Ensemble `run_dirs`, write the submission to `out`. Returns a printable summary.
 
     weights: None (equal), one number per run, or 'auto' (searched on OOF by ensemble selection).
-    Scores come three ways: at 0.5; with thresholds (and searched weights) tuned on all of OOF, which
-    is optimistic; and cross-validated, with thresholds and weights fitted on the other folds only.
+    Scores come three ways: untuned (at 0.5 / argmax); with the rule (thresholds or class biases) and
+    searched weights tuned on all of OOF, which is optimistic; and cross-validated, with rule and
+    weights fitted on the other folds only. A competition with test labels also gets the hold-out score.
     """
     runs = [read_run(Path(r)) for r in run_dirs]
     cfg = read_saved_config(Path(run_dirs[0]) / "config.yaml")
     data = load_competition_data(cfg.data, data_dir)
-    id_col = data.competition.id_col
+    comp, task, metric = data.competition, data.task, data.competition.metric
+    id_col = comp.id_col
     if runs[0].label_cols != data.label_cols:
-        raise DataError(f"run {runs[0].name} predicts {runs[0].label_cols} but "
-                        f"{data.competition.sample_submission_file} has {data.label_cols}")
+        raise DataError(f"run {runs[0].name} predicts {runs[0].label_cols} but the competition's "
+                        f"labels are {data.label_cols}")
     average_runs(runs)  # refuses runs with other labels or ids before any search
     ids = runs[0].oof.index
-    truth = data.train.set_index(id_col)
-    unknown = sorted(set(ids) - set(truth.index))
+    unknown = sorted(set(ids) - set(data.train[id_col]))
     if unknown:
-        raise DataError(f"OOF ids not in {data.competition.train_file}: {unknown[:5]} ({len(unknown)} in all)")
-    labels = truth.loc[ids, data.label_cols].to_numpy().astype(np.int8)
+        raise DataError(f"OOF ids not in {comp.train_file}: {unknown[:5]} ({len(unknown)} in all)")
+    labels = data.labels_for(ids)
     folds = runs[0].folds.loc[ids].to_numpy()
     oofs = [run.oof.loc[ids, run.label_cols].to_numpy() for run in runs]
     searched = isinstance(weights, str)
     if searched and weights != "auto":
         raise DataError(f"--weights takes numbers or 'auto', got {weights!r}")
+
+    def search_score(probs, y):
+        return task.search_score(probs, y, metric)
+
     if searched:
-        weights = search_weights(oofs, labels).tolist() if len(runs) > 1 else [1.0]
+        weights = search_weights(oofs, labels, score=search_score).tolist() if len(runs) > 1 else [1.0]
     oof, test = average_runs(runs, weights)
-    th = cfg.thresholds
 
     def make_tuner():
-        return ThresholdTuner(th.method, th.n_trials, th.low, th.high, seed=cfg.cv.seed)
+        return task.decider(cfg.thresholds, cfg.cv.seed, metric)
 
     tuner = make_tuner().fit(oof.to_numpy(), labels)
-    frame = build_submission(data.sample, id_col, test, tuner.thresholds_)
-    write_submission(out, frame, data.sample, id_col)
+    frame = build_submission(data.sample, id_col, test, tuner.predict,
+                             lambda preds: task.write_predictions(preds, data.label_cols, comp))
+    write_submission(out, frame, data.sample, id_col, data.label_cols if comp.label_col else None)
 
-    def scores(probs_list, run_weights, thresholds):
+    untuned = f"{metric}_{task.untuned.replace(' ', '_')}"
+
+    def scores(probs_list, run_weights, rule):
         probs = sum(w * p for w, p in zip(run_weights, probs_list))
-        return {"macro_f1_at_0.5": metrics.macro_f1(labels, (probs >= 0.5).astype(np.int8)),
-                "macro_f1_tuned": metrics.macro_f1(labels, (probs >= thresholds).astype(np.int8)),
-                "macro_f1_cv": cross_validated_macro_f1(
-                    probs_list, labels, folds, make_tuner,
-                    None if searched and len(probs_list) > 1 else np.asarray(run_weights, dtype=float))}
+        cv = cross_validated_preds(probs_list, labels, folds, make_tuner,
+                                   None if searched and len(probs_list) > 1 else np.asarray(run_weights, dtype=float),
+                                   search_score)
+        return {untuned: task.score(labels, task.untuned_preds(probs), metric),
+                f"{metric}_tuned": task.score(labels, rule.predict(probs), metric),
+                f"{metric}_cv": task.score(labels, cv, metric)}
 
-    per_run = {run.name: scores([p], [1.0], make_tuner().fit(p, labels).thresholds_) for run, p in zip(runs, oofs)}
+    per_run = {run.name: scores([p], [1.0], make_tuner().fit(p, labels)) for run, p in zip(runs, oofs)}
     norm = np.ones(len(runs)) / len(runs) if weights is None else np.asarray(weights, float) / np.sum(weights)
-    ensemble = scores(oofs, norm, tuner.thresholds_)
+    ensemble = scores(oofs, norm, tuner)
+    test_probs = test.loc[list(data.test_ids)].to_numpy()
     train_rate = labels.mean(0)
-    pred_rate = frame[data.label_cols].to_numpy().mean(0)
-    atomic_write_json(Path(out).with_suffix(".json"), {
-        "runs": [str(r) for r in run_dirs], "weights": norm.tolist(), "weights_searched": searched,
-        "n_oof_rows": len(oof), "thresholds": dict(zip(data.label_cols, tuner.thresholds_.tolist())),
-        "per_run": per_run, "ensemble": ensemble,
-        "predicted_positive_rate": dict(zip(data.label_cols, pred_rate.tolist())),
-        "training_positive_rate": dict(zip(data.label_cols, train_rate.tolist()))})
-    lines = [f"wrote {out} ({len(frame)} rows, columns as in {data.competition.sample_submission_file})"]
+    pred_rate = tuner.predict(test_probs).mean(0)
+    summary = {"runs": [str(r) for r in run_dirs], "weights": norm.tolist(), "weights_searched": searched,
+               "n_oof_rows": len(oof), task.decision_file.removesuffix(".json"): task.decision_json(tuner, data.label_cols),
+               "per_run": per_run, "ensemble": ensemble,
+               "predicted_positive_rate": dict(zip(data.label_cols, pred_rate.tolist())),
+               "training_positive_rate": dict(zip(data.label_cols, train_rate.tolist()))}
+    if data.holdout_labels is not None:  # scored once, after weights and rule are fitted on OOF
+        summary["holdout_test"] = holdout_section(task, metric, test_probs, data.holdout_labels, tuner)
+    atomic_write_json(Path(out).with_suffix(".json"), summary)
+    lines = [f"wrote {out} ({len(frame)} rows, columns {', '.join(frame.columns[:4])}"
+             f"{', ...' if len(frame.columns) > 4 else ''})"]
     for name, s in per_run.items():
-        lines.append(f"  run {name}: OOF macro-F1 {s['macro_f1_at_0.5']:.4f} at 0.5, {s['macro_f1_tuned']:.4f} tuned, "
-                     f"{s['macro_f1_cv']:.4f} cross-validated")
+        lines.append(f"  run {name}: OOF {metric} {s[untuned]:.4f} {task.untuned}, {s[f'{metric}_tuned']:.4f} tuned, "
+                     f"{s[f'{metric}_cv']:.4f} cross-validated")
     if len(runs) > 1:
         shown = ", ".join(f"{w:.2f}" for w in norm)
         lines.append(f"  ensemble of {len(runs)} (weights {shown}{', searched on OOF' if searched else ''}): "
-                     f"OOF macro-F1 {ensemble['macro_f1_at_0.5']:.4f} at 0.5, {ensemble['macro_f1_tuned']:.4f} tuned, "
-                     f"{ensemble['macro_f1_cv']:.4f} cross-validated")
-    lines.append(f"  {'label':14s} {'threshold':>9s} {'test rate':>9s} {'train rate':>10s}")
+                     f"OOF {metric} {ensemble[untuned]:.4f} {task.untuned}, {ensemble[f'{metric}_tuned']:.4f} tuned, "
+                     f"{ensemble[f'{metric}_cv']:.4f} cross-validated")
+    if "holdout_test" in summary:
+        h = summary["holdout_test"]
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in h["tuned"].items() if v is not None)
+        lines.append(f"  hold-out test ({h['n_rows']} rows, this submission): {shown}")
+    rule_name = "threshold" if task.name == "multilabel" else "bias"
+    lines.append(f"  {'label':14s} {rule_name:>9s} {'test rate':>9s} {'train rate':>10s}")
+    values = task.decision_json(tuner, data.label_cols)
     for j, col in enumerate(data.label_cols):
-        lines.append(f"  {col:14s} {tuner.thresholds_[j]:9.3f} {pred_rate[j]:9.3f} {train_rate[j]:10.3f}")
+        lines.append(f"  {col:14s} {values[col]:9.3f} {pred_rate[j]:9.3f} {train_rate[j]:10.3f}")
+    return "\n".join(lines)
+
+
+def score_submission(competition: str, submission: Path, solution: Path) -> str:
+    """Score a submission file against a solution file (test labels) with the competition's metric;
+    with a Kaggle-style `Usage` column in the solution, also per Usage (Public / Private). Returns a
+    printable summary."""
+    from pipeline.tasks import get_task
+
+    comp = get_competition(competition)
+    task = get_task(comp.task)
+    submission, solution = Path(submission), Path(solution)
+    for path in (submission, solution):
+        if not path.is_file():
+            raise DataError(f"{path} does not exist")
+    sol = read_csv(solution)
+    if comp.classes:
+        label_cols = list(comp.classes)
+    elif comp.label_col:
+        sub_frame = read_csv(submission)
+        label_cols = sorted(set(sol.get(comp.label_col, [])) | set(sub_frame.get(comp.label_col, [])))
+    else:
+        label_cols = [c for c in sol.columns if c not in (comp.id_col, "Usage")]
+    truth = read_solution(solution, comp, label_cols, sol[comp.id_col], solution.name)
+    sub = read_csv(submission)
+    block = label_block_columns(comp, label_cols)
+    missing = [c for c in [comp.id_col] + block if c not in sub.columns]
+    if missing:
+        raise DataError(f"{submission.name} is missing columns {missing}; found: {', '.join(map(str, sub.columns))}")
+    preds = read_solution(submission, comp, label_cols, sol[comp.id_col], solution.name)
+    result = {"all": task.scores(truth, preds)}
+    if "Usage" in sol.columns:
+        for usage in sorted(set(sol["Usage"])):
+            rows = (sol["Usage"] == usage).to_numpy()
+            result[usage] = task.scores(truth[rows], preds[rows])
+    lines = [f"{submission} against {solution} ({len(truth)} rows), metric {comp.metric}:"]
+    for part, s in result.items():
+        lines.append(f"  {part}: " + ", ".join(f"{k} {v:.4f}" for k, v in s.items() if v is not None))
     return "\n".join(lines)

@@ -21,9 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
-from pipeline.losses import bce_loss
-from pipeline.metrics import macro_f1
 from pipeline.models import HeadClassifier, build_model, save_fold_model, train_settings, trainable_state
+from pipeline.tasks import task_for
 
 log = logging.getLogger("pipeline")
 
@@ -314,7 +313,8 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
         model = HeadClassifier(inputs.train.shape[1], labels.shape[1], cfg.model.dropout)
     else:
         model, _ = build_model(cfg.model, labels.shape[1], tokenizer, device=accelerator.device)
-    loss_fn = bce_loss(labels[train_idx], tcfg.pos_weight).to(accelerator.device)
+    task = task_for(cfg.data.competition)  # the loss, validation score and link differ by task
+    loss_fn = task.loss(labels[train_idx], tcfg.pos_weight).to(accelerator.device)
     sampler = LengthGroupedBatches(inputs.lengths("train", train_idx), batch_size, cfg.cv.seed * 1000 + fold,
                                    tcfg.length_grouped)
     # the sampler yields positions into train_idx; the dataset maps them to rows
@@ -388,11 +388,10 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
         state.predict_seconds += time.perf_counter() - start
         state.predict_examples += len(val_idx)
         val_labels = labels[val_idx]
-        val_loss = float(torch.nn.functional.binary_cross_entropy_with_logits(
-            torch.from_numpy(val_logits), torch.from_numpy(val_labels.astype(np.float32))))
-        score = macro_f1(val_labels, (val_logits > 0).astype(np.int8))
+        val_loss = task.val_loss(val_logits, val_labels)
+        score = task.val_score(val_labels, val_logits)
         state.history.append({"epoch": epoch, "train_loss": round(state.running, 5), "val_loss": round(val_loss, 5),
-                              "val_macro_f1_at_0.5": round(score, 5), "optimizer_steps": state.steps})
+                              task.val_metric: round(score, 5), "optimizer_steps": state.steps})
         if score > state.best_score:
             state.best_score, state.best_epoch, state.stale = score, epoch, 0
             last = finished or epoch == tcfg.epochs
@@ -402,7 +401,7 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
             state.stale += 1
         state.epoch, state.batches_done, state.seen = epoch + 1, 0, 0
         status(phase="validated", epoch=epoch, step=state.steps, total_steps=total_steps,
-               val_macro_f1_at_0_5=round(score, 5), best_epoch=state.best_epoch)
+               **{task.val_metric.replace(".", "_"): round(score, 5)}, best_epoch=state.best_epoch)
         if tcfg.patience and state.stale >= tcfg.patience:
             break
         if tcfg.checkpoint_every and checkpoint_dir is not None and not finished and state.epoch <= tcfg.epochs:

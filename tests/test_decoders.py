@@ -205,20 +205,20 @@ def test_prompt_template_wraps_each_text_and_must_name_the_text(tmp_path):
 
 
 def test_fit_filter_trains_on_clean_rows_but_validates_every_row(tmp_path, monkeypatch):
-    import pipeline.linear as linear
+    from sklearn.linear_model import LogisticRegression
 
     train, test, sample = make_frames(n_train=100, n_test=10)
     train.loc[:9, LABELS] = 0  # ten tweets without any emotion
     train.loc[10, "Tweet"] = "@someone ok"  # too short once the mention is gone
     folder = write_competition(tmp_path / "data", train, test, sample)
     seen = []
-    real = linear.LogisticRegression.fit
+    real = LogisticRegression.fit
 
     def spy(self, x, y, *a, **k):
         seen.append(x.shape[0])
         return real(self, x, y, *a, **k)
 
-    monkeypatch.setattr(linear.LogisticRegression, "fit", spy)
+    monkeypatch.setattr(LogisticRegression, "fit", spy)
     cfg = load_config(None, [f"data.data_dir={folder}", "model.preset=tfidf-lr", "cv.n_folds=2",
                              "data.fit_filter=clean", "thresholds.n_trials=5"])
     run_dir = run_cv(cfg, tmp_path / "run", quiet=True)
