@@ -47,10 +47,12 @@ def cv_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_cv.py", description="K-fold cross-validation: trains one model per "
                                 "fold, writes OOF and test probabilities, tuned thresholds and a report.")
     p.add_argument("--model", help="model preset (default: minilm-l6); see --list-models")
+    p.add_argument("--competition", help="competition definition in competition/ (default: "
+                   "emotion-detection-fall-2024; also dair-emotion, goemotions)")
     p.add_argument("--folds", type=int, help="number of folds K, 2..20 (default 5)")
     p.add_argument("--seed", type=int, help="seed for folds, subset, initialisation and shuffling (default 42)")
-    p.add_argument("--data-dir", help="folder with train.csv, test.csv and sample_submission.csv "
-                   "(default data/emotion-detection-fall-2024)")
+    p.add_argument("--data-dir", help="folder with the competition's files, e.g. train.csv, test.csv and "
+                   "sample_submission.csv (default data/<competition>)")
     p.add_argument("--run-dir", help="where outputs go (default runs/<preset>-f<K>-s<seed>-<config hash>); "
                    "rerunning into the same folder resumes it")
     p.add_argument("--config", help="YAML file with config sections (see configs/)")
@@ -74,7 +76,8 @@ def config_from_args(args: argparse.Namespace):
     """The RunConfig a `run_cv.py` command line asks for: --config, then flags, then --set overrides."""
     from pipeline.config import load_config
 
-    flags = {"model.preset": args.model, "cv.n_folds": args.folds, "cv.seed": args.seed,
+    flags = {"model.preset": args.model, "data.competition": args.competition, "cv.n_folds": args.folds,
+             "cv.seed": args.seed,
              "data.data_dir": args.data_dir, "data.max_rows": args.max_rows}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.overrides
     return load_config(args.config, overrides)
@@ -117,6 +120,12 @@ def submission_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="submission path (default submissions/<run or ensemble name>.csv)")
     p.add_argument("--data-dir", help="competition data folder (default: the one the first run used)")
     p.add_argument("--runs-root", default="runs", help="where run directories live (default runs/)")
+    p.add_argument("--score", metavar="SOLUTION.csv", help="also score the submission against this solution file "
+                   "(test labels, e.g. published after the competition closed) with the competition's metric")
+    p.add_argument("--submission", metavar="FILE.csv", help="with --score: score this existing submission file "
+                   "instead of building one from runs")
+    p.add_argument("--competition", help="with --score --submission: the competition definition (default: the "
+                   "latest run's)")
     return p
 
 
@@ -140,9 +149,19 @@ def latest_run(root: Path) -> Path:
 def make_submission_main(argv: Optional[list] = None) -> int:
     args = submission_parser().parse_args(argv)
     _setup_logging(False)
-    from pipeline.submit import make_submission
+    from pipeline.submit import make_submission, score_submission
 
     root = Path(args.runs_root)
+    if args.submission and not args.score:
+        raise PipelineError("--submission is for scoring an existing file; add --score SOLUTION.csv")
+    if args.submission:
+        competition = args.competition
+        if competition is None:
+            from pipeline.config import read_saved_config
+
+            competition = read_saved_config(latest_run(root) / "config.yaml").data.competition
+        print(score_submission(competition, Path(args.submission), Path(args.score)))
+        return 0
     runs = [_resolve_run(r, root) for r in args.runs] if args.runs else [latest_run(root)]
     if args.out:
         out = Path(args.out)
@@ -161,6 +180,10 @@ def make_submission_main(argv: Optional[list] = None) -> int:
             raise PipelineError(f"--weights takes one number per run or 'auto', got {' '.join(weights)}") from exc
     summary = make_submission(runs, out, weights, args.data_dir)
     print(summary)
+    if args.score:
+        from pipeline.config import read_saved_config
+
+        print(score_submission(read_saved_config(runs[0] / "config.yaml").data.competition, out, Path(args.score)))
     return 0
 
 

@@ -20,7 +20,7 @@ from pipeline.errors import ConfigError
 @dataclass
 class DataConfig:
     competition: str = "emotion-detection-fall-2024"  # name of a module in competition/
-    data_dir: str = "data/emotion-detection-fall-2024"  # folder holding the competition CSVs
+    data_dir: Optional[str] = None  # folder holding the competition CSVs; None = data/<competition>
     max_rows: Optional[int] = None  # rows of train.csv kept (stratified subset); None = all
     fit_filter: str = "none"  # 'none' or 'clean': training rows a fold may fit on (validation keeps every row)
 

@@ -214,7 +214,7 @@ def load_competition_data(cfg: DataConfig, data_dir: Optional[str] = None) -> Co
     """Read and check the training file(s), the test file, the sample submission (when the competition
     has one) and the solution file (when it names one and it is there). Returns a `CompetitionData`."""
     comp = get_competition(cfg.competition)
-    folder = Path(data_dir or cfg.data_dir)
+    folder = Path(data_dir or cfg.data_dir or Path("data") / comp.name)
     missing = [f for f in comp.required_files if not (folder / f).is_file()]
     if missing:
         raise DataError(missing_data_message(comp, folder, missing))

@@ -5,6 +5,8 @@ exactly one 1 per row; the functions below take the class index (argmax) where s
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, jaccard_score, log_loss,
                              precision_recall_fscore_support, roc_auc_score)
@@ -61,11 +63,13 @@ def multiclass_probability_scores(labels: np.ndarray, probs: np.ndarray) -> dict
     probs = probs / probs.sum(1, keepdims=True)  # CSV rounding leaves sums a hair off 1
     out = {}
     for average in ("weighted", "macro"):
-        try:
-            out[f"roc_auc_{average}_ovr"] = float(roc_auc_score(y, probs, multi_class="ovr", average=average,
-                                                                labels=np.arange(n)))
-        except ValueError:
-            out[f"roc_auc_{average}_ovr"] = None
+        with warnings.catch_warnings():  # a class absent from labels: undefined, reported as None
+            warnings.simplefilter("ignore")
+            try:
+                auc = float(roc_auc_score(y, probs, multi_class="ovr", average=average, labels=np.arange(n)))
+            except ValueError:
+                auc = float("nan")
+        out[f"roc_auc_{average}_ovr"] = None if np.isnan(auc) else auc
     out["log_loss"] = float(log_loss(y, probs, labels=np.arange(n)))
     return out
 

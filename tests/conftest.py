@@ -65,3 +65,36 @@ def comp_dir(tmp_path, frames) -> Path:
 def _chdir(tmp_path, monkeypatch):
     # runs/ and submissions/ default to the working directory: keep them out of the checkout
     monkeypatch.chdir(tmp_path)
+
+
+DAIR_CLASSES = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+DAIR_CUES = {"sadness": ["gloomy", "tears"], "joy": ["happy", "glad"], "love": ["adore", "darling"],
+             "anger": ["furious", "rage"], "fear": ["scared", "afraid"], "surprise": ["shocked", "amazed"]}
+
+
+def make_multiclass_frames(n_train: int = 150, n_val: int = 30, n_test: int = 60, seed: int = 0):
+    """A dair-emotion-like competition: `id,text,label` (class names) in train, validation and test (the
+    test labels are the hold-out). Cue words reveal the class; class frequencies are uneven."""
+    rng = np.random.default_rng(seed)
+    p = np.array([0.3, 0.3, 0.1, 0.12, 0.12, 0.06])
+
+    def frame(prefix, n):
+        classes = rng.choice(len(DAIR_CLASSES), n, p=p)
+        texts = [" ".join(list(rng.choice(FILLER, 5)) + [rng.choice(DAIR_CUES[DAIR_CLASSES[c]])]) for c in classes]
+        return pd.DataFrame({"id": [f"{prefix}_{i:05d}" for i in range(n)], "text": texts,
+                             "label": [DAIR_CLASSES[c] for c in classes]})
+
+    return frame("train", n_train), frame("validation", n_val), frame("test", n_test)
+
+
+def write_multiclass(folder: Path, train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    train.to_csv(folder / "train.csv", index=False)
+    validation.to_csv(folder / "validation.csv", index=False)
+    test.to_csv(folder / "test.csv", index=False)
+    return folder
+
+
+@pytest.fixture
+def dair_dir(tmp_path) -> Path:
+    return write_multiclass(tmp_path / "dair", *make_multiclass_frames())
