@@ -1,7 +1,7 @@
 """A grid of runs (models x data subsets) with a table and heatmap: `python run_study.py --config FILE`."""
 import sys
 
-from pipeline.study import study_main
+from pipeline.cli import study_main
 
 if __name__ == "__main__":
     sys.exit(study_main())

@@ -1,4 +1,5 @@
-"""Command lines of `run_cv.py` and `make_submission.py`: parse flags, build the config, call the library.
+"""Command lines of `run_cv.py`, `make_submission.py`, `compare_runs.py` and `run_study.py`: parse flags,
+build the config, call the library.
 
 A `PipelineError` (bad file, config or flag) is printed as one line and exits with status 2.
 """
@@ -209,4 +210,51 @@ def compare_main(argv: Optional[list] = None) -> int:
 
         atomic_write_text(Path(args.out), table)
     print(table, end="")
+    return 0
+
+
+def study_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_study.py", description="Run a declared grid of models x data subsets "
+                                "(each cell an ordinary resumable K-fold run), then write results.csv, results.md "
+                                "and heatmap.png. Rerunning the same command resumes.")
+    p.add_argument("--config", required=True, help="study YAML (see configs/studies/)")
+    p.add_argument("--study-dir", help="where data subsets, runs and results go (default studies/<name>)")
+    p.add_argument("--cell", action="append", default=[], metavar="NAME",
+                   help="run only this cell: a name, a glob such as 'tfidf-lr__k2-*', or an index from --list "
+                        "(repeatable; for running cells in parallel)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one run-config key for every cell, after the study's own 'set' (repeatable)")
+    p.add_argument("--list", action="store_true", help="print the cells with their index and status, then exit")
+    p.add_argument("--table-only", action="store_true", help="train nothing: write the table and heatmap from the "
+                   "cells finished so far")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines")
+    return p
+
+
+@_guard  # a PipelineError prints as one line `error: ...` with status 2, as in run_cv.py
+def study_main(argv: Optional[list] = None) -> int:
+    args = study_parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    from pipeline.study import collect_results, load_study, run_study, select_cells, study_cells, write_outputs
+
+    study = load_study(args.config)
+    study.set = study.set + args.overrides
+    study_dir = Path(args.study_dir) if args.study_dir else Path("studies") / study.name
+    cells = study_cells(study)
+    if args.list:
+        status = collect_results(study, study_dir)["status"]
+        for i, (cell, state) in enumerate(zip(cells, status)):
+            print(f"{i:3d}  {cell.name:40s} {state}")
+        return 0
+    if not args.table_only:
+        selected = select_cells(cells, args.cell) if args.cell else cells
+        failed = run_study(study, study_dir, selected, quiet=args.quiet)
+    else:
+        failed = []
+        write_outputs(study, study_dir)
+    print(f"table: {study_dir / 'results.md'} (and results.csv); heatmap: {study_dir / 'heatmap.png'}")
+    if failed:
+        print(f"error: {len(failed)} cell(s) failed: {', '.join(failed)} (see the log above); rerun the same "
+              f"command to retry them", file=sys.stderr)
+        return 1
     return 0

@@ -6,14 +6,12 @@ command and `--cell` lets a cluster run cells in parallel. Outputs: results.csv,
 """
 from __future__ import annotations
 
-import argparse
 import difflib
 import fnmatch
 import io
 import json
 import logging
 import os
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,6 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline.cli import _guard, _setup_logging
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import atomic_write_csv, atomic_write_text
 
@@ -368,48 +365,3 @@ def write_outputs(study: StudyConfig, study_dir: Path) -> pd.DataFrame:
                       f"{study.name}: hold-out accuracy (k = classes, n = training rows)")
     _atomic_write_bytes(study_dir / "heatmap.png", png)
     return frame
-
-
-def study_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_study.py", description="Run a declared grid of models x data subsets "
-                                "(each cell an ordinary resumable K-fold run), then write results.csv, results.md "
-                                "and heatmap.png. Rerunning the same command resumes.")
-    p.add_argument("--config", required=True, help="study YAML (see configs/studies/)")
-    p.add_argument("--study-dir", help="where data subsets, runs and results go (default studies/<name>)")
-    p.add_argument("--cell", action="append", default=[], metavar="NAME",
-                   help="run only this cell: a name, a glob such as 'tfidf-lr__k2-*', or an index from --list "
-                        "(repeatable; for running cells in parallel)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one run-config key for every cell, after the study's own 'set' (repeatable)")
-    p.add_argument("--list", action="store_true", help="print the cells with their index and status, then exit")
-    p.add_argument("--table-only", action="store_true", help="train nothing: write the table and heatmap from the "
-                   "cells finished so far")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines")
-    return p
-
-
-@_guard  # a PipelineError prints as one line `error: ...` with status 2, as in run_cv.py
-def study_main(argv: Optional[list] = None) -> int:
-    args = study_parser().parse_args(argv)
-    _setup_logging(args.quiet)
-    study = load_study(args.config)
-    study.set = study.set + args.overrides
-    study_dir = Path(args.study_dir) if args.study_dir else Path("studies") / study.name
-    cells = study_cells(study)
-    if args.list:
-        status = collect_results(study, study_dir)["status"]
-        for i, (cell, state) in enumerate(zip(cells, status)):
-            print(f"{i:3d}  {cell.name:40s} {state}")
-        return 0
-    if not args.table_only:
-        selected = select_cells(cells, args.cell) if args.cell else cells
-        failed = run_study(study, study_dir, selected, quiet=args.quiet)
-    else:
-        failed = []
-        write_outputs(study, study_dir)
-    print(f"table: {study_dir / 'results.md'} (and results.csv); heatmap: {study_dir / 'heatmap.png'}")
-    if failed:
-        print(f"error: {len(failed)} cell(s) failed: {', '.join(failed)} (see the log above); rerun the same "
-              f"command to retry them", file=sys.stderr)
-        return 1
-    return 0

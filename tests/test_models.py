@@ -64,3 +64,34 @@ def test_pooling_uses_only_real_tokens(side):
     expected = [hidden[r, real[r], 0].mean().item() for r in range(2)]
     assert got_mean.tolist() == pytest.approx(expected)
     assert pool(hidden, mask, "cls").squeeze(-1).tolist() == [0.0, 4.0]
+
+
+def test_encoder_lora_trains_adapters_and_head_only_and_reloads(tmp_path, dair_dir):
+    """`--set model.finetune=lora` on an encoder preset (its `lora_targets`), through a multiclass run:
+    only adapters and head train, the fold's adapter is saved and reproduces the fold's test predictions."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.config import load_config
+    from pipeline.cv import run_cv
+    from pipeline.data import load_competition_data
+    from pipeline.models import load_fold_model, settings
+    from pipeline.tasks import get_task
+    from pipeline.train import tokenize
+
+    cfg = load_config(None, [f"data.data_dir={dair_dir}", "data.competition=dair-emotion", "model.preset=tiny-encoder",
+                             "model.finetune=lora", "cv.n_folds=2", "train.epochs=1", "train.max_steps=4",
+                             "thresholds.n_trials=5"])
+    model, _ = build_model(cfg.model, n_labels=6)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or ".head." in n for n in trainable), trainable
+    assert any("query" in n for n in trainable) and any("value" in n for n in trainable)
+
+    run_dir = run_cv(cfg, tmp_path / "run", quiet=True)
+    data = load_competition_data(cfg.data)
+    reloaded, tok = load_fold_model(cfg, 6, run_dir / "folds" / "fold_0" / "model")
+    ids = tokenize(tok, data.test_texts, settings(cfg.model).max_length)
+    with torch.no_grad():
+        logits = torch.cat([reloaded(torch.tensor([row]), torch.ones(1, len(row), dtype=torch.long)) for row in ids])
+    saved = pd.read_csv(run_dir / "folds" / "fold_0" / "test_probs.csv")[data.label_cols].to_numpy()
+    np.testing.assert_allclose(get_task("multiclass").probs(logits.numpy()), saved, atol=1e-5)

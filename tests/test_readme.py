@@ -57,3 +57,19 @@ def test_readme_recipes_use_real_flags_and_valid_configs():
         config_from_args(args)
         found += 1
     assert found >= 3
+
+
+def test_readme_study_recipes_name_valid_study_configs():
+    """The long study grid is a recipe (a `bash` block): its config must load."""
+    import shlex
+
+    from pipeline.study import load_study
+
+    found = 0
+    for line in readme_blocks("bash") + readme_commands():
+        if "run_study.py" not in line:
+            continue
+        args = shlex.split(line)
+        load_study(ROOT / args[args.index("--config") + 1])
+        found += 1
+    assert found >= 2

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 from pipeline import study as study_mod
+from pipeline.cli import study_main
 from pipeline.errors import ConfigError, DataError, PipelineError
 from pipeline.study import (Cell, StudyModel, heatmap_png, load_study, parse_study, run_study,
-                            select_cells, study_cells, study_main, write_outputs)
+                            select_cells, study_cells, write_outputs)
 from pipeline.subsets import build_subsets
 
 ROOT = Path(__file__).resolve().parents[1]
