@@ -96,9 +96,11 @@ def run_cv_main(argv: Optional[list] = None) -> int:
     _setup_logging(args.quiet)
     cfg = config_from_args(args)
     if args.dry_run:
+        from competition import get_competition
         from pipeline.plan import render_plan
 
-        print(render_plan(cfg))
+        # the head's width when the definition declares its labels (the plan reads no data)
+        print(render_plan(cfg, len(get_competition(cfg.data.competition).classes) or 11))
         return 0
     from pipeline.cv import run_cv
 

@@ -38,17 +38,21 @@ def run_row(run_dir: Path) -> dict:
         raise RunDirError(f"{run_dir} is not a completed run (no report.json)")
     report = json.loads((run_dir / "report.json").read_text())
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    untuned = report.get("oof_at_0.5") or report["oof_argmax"]
     row = {"run": run_dir.name}
     row.update({title: _show(_get(config, key)) for title, key in SETTINGS})
     t = report.get("timing", {})
     pf = report.get("per_fold", {})
     row.update({
         "n": str(report["n_rows"]),
-        "macro-F1 @0.5": f"{report['oof_at_0.5']['macro_f1']:.4f}",
+        # untuned: at 0.5 for multilabel runs, argmax for multiclass ones (report["headline"] says which)
+        "macro-F1 untuned": f"{untuned['macro_f1']:.4f}",
         "macro-F1 tuned": f"{report['oof_tuned']['macro_f1']:.4f}",
         "macro-F1 tuned (cv)": f"{report['oof_tuned_cv']['macro_f1']:.4f}" if "oof_tuned_cv" in report else "-",
         "fold std": f"{pf['std_tuned']:.4f}" if pf else "-",
-        "micro-F1 tuned": f"{report['oof_tuned']['micro_f1']:.4f}",
+        "micro-F1 / accuracy tuned": f"{report['oof_tuned'].get('micro_f1', report['oof_tuned'].get('accuracy')):.4f}",
+        "hold-out": f"{report['holdout_test']['tuned'][report['holdout_test']['metric']]:.4f}"
+                    if "holdout_test" in report else "-",
         "train ex/s": f"{t['train_examples_per_second']:.1f}" if t else "-",
         "wall s": f"{t['wall_seconds']:.0f}" if t else "-",
     })

@@ -412,7 +412,9 @@ def assemble_run(cfg: RunConfig, run_dir: Path, data: CompetitionData, folds: np
     atomic_write_text(run_dir / "report.md", task.render_markdown(report, f"CV report: {run_dir.name}"))
     atomic_write_json(run_dir / "report.json", report)
     h = report["headline"]
-    hold = f"; hold-out test {metric} {report['holdout_test']['tuned'][metric]:.4f}" if "holdout_test" in report else ""
+    chosen = "tuned" if h["rule"] == "tuned" else "untuned"
+    hold = (f"; hold-out test {metric} {report['holdout_test'][chosen][metric]:.4f} ({h['rule']})"
+            if "holdout_test" in report else "")
     log.info("OOF %s %.4f (%s), %.4f tuned, %.4f cross-validated%s -> %s", metric, h["untuned"], task.untuned,
              h["tuned"], h["cv"], hold, run_dir / "report.md")
     return run_dir

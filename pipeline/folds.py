@@ -23,6 +23,14 @@ def _task(task):
     return task or get_task("multilabel")
 
 
+def assign_folds(splitter, labels_or_classes: np.ndarray) -> np.ndarray:
+    """(n_samples,) fold of each row from a scikit-learn-style K-fold splitter's validation parts."""
+    folds = np.full(labels_or_classes.shape[0], -1, dtype=np.int64)
+    for fold, (_, val) in enumerate(splitter.split(np.zeros(labels_or_classes.shape[0]), labels_or_classes)):
+        folds[val] = fold
+    return folds
+
+
 def make_folds(labels: np.ndarray, n_folds: int, seed: int, task=None) -> np.ndarray:
     """labels: (n_samples, n_labels) 0/1 (one-hot for multiclass). Returns (n_samples,) int fold in
     [0, n_folds). task: a pipeline.tasks task (default multilabel)."""

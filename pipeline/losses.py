@@ -16,14 +16,18 @@ def pos_weights(labels: np.ndarray, mode: str) -> np.ndarray:
     n_pos = labels.sum(0).astype(np.float64)
     n_neg = labels.shape[0] - n_pos
     # a label with no positive in this fold gets weight n_neg (as if it had one), not infinity
-    ratio = n_neg / np.maximum(n_pos, 1.0)
+    return _damped(n_neg / np.maximum(n_pos, 1.0), mode)
+
+
+def _damped(weights: np.ndarray, mode: str) -> np.ndarray:
+    """'full' keeps the weights, 'sqrt' takes their square root (milder), 'none' makes them all 1."""
     if mode == "full":
-        return ratio.astype(np.float32)
+        return weights.astype(np.float32)
     if mode == "sqrt":
-        return np.sqrt(ratio).astype(np.float32)
+        return np.sqrt(weights).astype(np.float32)
     if mode == "none":
-        return np.ones_like(ratio, dtype=np.float32)
-    raise ValueError(f"unknown pos_weight mode {mode!r}")
+        return np.ones_like(weights, dtype=np.float32)
+    raise ValueError(f"unknown weight mode {mode!r}")
 
 
 def bce_loss(labels: np.ndarray, mode: str) -> torch.nn.Module:
@@ -36,14 +40,7 @@ def class_weights(labels: np.ndarray, mode: str) -> np.ndarray:
     'balanced' (n / (K * n_k)), 'sqrt' its square root (milder), 'none' all ones. A class absent from
     the fold is weighted as if it had one row. Returns (K,) float32."""
     n_k = labels.sum(0).astype(np.float64)
-    balanced = labels.shape[0] / (labels.shape[1] * np.maximum(n_k, 1.0))
-    if mode == "full":
-        return balanced.astype(np.float32)
-    if mode == "sqrt":
-        return np.sqrt(balanced).astype(np.float32)
-    if mode == "none":
-        return np.ones_like(balanced, dtype=np.float32)
-    raise ValueError(f"unknown class weight mode {mode!r}")
+    return _damped(labels.shape[0] / (labels.shape[1] * np.maximum(n_k, 1.0)), mode)
 
 
 class OneHotCrossEntropy(torch.nn.Module):

@@ -48,10 +48,13 @@ def build_report(oof_probs: np.ndarray, labels: np.ndarray, folds: Optional[np.n
 def headline(task, metric: str, oof_probs: np.ndarray, labels: np.ndarray, decider, cv_preds: np.ndarray) -> dict:
     """The competition metric on OOF three ways: untuned (at 0.5 / argmax), with the rule tuned on all
     of OOF (optimistic), and cross-validated (rule fitted on the other folds: the honest one)."""
-    return {"metric": metric, "untuned_rule": task.untuned,
-            "untuned": task.score(labels, task.untuned_preds(oof_probs), metric),
-            "tuned": task.score(labels, decider.predict(oof_probs), metric),
-            "cv": task.score(labels, cv_preds, metric)}
+    out = {"metric": metric, "untuned_rule": task.untuned,
+           "untuned": task.score(labels, task.untuned_preds(oof_probs), metric),
+           "tuned": task.score(labels, decider.predict(oof_probs), metric),
+           "cv": task.score(labels, cv_preds, metric)}
+    # what make_submission.py applies: the tuned rule only where it wins out of sample
+    out["rule"] = "tuned" if out["cv"] > out["untuned"] else task.untuned
+    return out
 
 
 def holdout_section(task, metric: str, test_probs: np.ndarray, test_labels: np.ndarray, decider) -> dict:
@@ -67,8 +70,10 @@ def _holdout_lines(report: dict) -> list:
         return ["", f"{report['holdout_test_note']}."] if "holdout_test_note" in report else []
     h = report["holdout_test"]
     keys = [k for k, v in h["tuned"].items() if v is not None]
+    rule = report.get("headline", {}).get("rule")
+    chose = f" The submission uses the {rule} rule (chosen on OOF by the cross-validated score)." if rule else ""
     lines = ["", f"Hold-out test ({h['n_rows']} rows with known labels, scored once after everything was "
-             f"fitted; it never fed back into folds, early stopping or the decision rule):", "",
+             f"fitted; it never fed back into folds, early stopping or the decision rule).{chose}", "",
              "| hold-out test | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
              "|---|" + "---|" * len(keys)]
     for name, rule in ((h["untuned_rule"], "untuned"), ("tuned on OOF", "tuned")):

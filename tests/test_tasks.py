@@ -77,6 +77,15 @@ def test_multiclass_whole_path_writes_every_output_and_a_valid_submission(tmp_pa
     assert {"macro_f1_argmax", "macro_f1_tuned", "macro_f1_cv"} <= set(info["per_run"][run_dir.name])
     assert info["holdout_test"]["tuned"]["macro_f1"] == pytest.approx(report["holdout_test"]["tuned"]["macro_f1"])
     assert "hold-out test (60 rows" in summary
+    # the tuned biases are applied only where their cross-validated score beats plain argmax
+    ens = info["ensemble"]
+    assert info["rule"] == ("tuned" if ens["macro_f1_cv"] > ens["macro_f1_argmax"] else "argmax")
+    probs = pd.read_csv(run_dir / "test_probs.csv", dtype={"id": str}).set_index("id").loc[sub["id"], DAIR_CLASSES]
+    biases = np.array([info["biases"][c] for c in DAIR_CLASSES])
+    assert info["rule"] == "tuned" or not biases.any()
+    expected = np.array(DAIR_CLASSES)[(np.log(np.clip(probs.to_numpy(), 1e-12, 1)) + biases).argmax(1)]
+    assert sub["label"].tolist() == expected.tolist()
+    assert info["holdout_test"]["submitted"] == info["holdout_test"]["tuned" if info["rule"] == "tuned" else "untuned"]
 
 
 def test_multiclass_from_one_hot_columns_with_a_sample_submission(tmp_path, extra_competition):

@@ -26,13 +26,11 @@ class Multiclass:
 
         from sklearn.model_selection import StratifiedKFold
 
-        folds = np.full(labels.shape[0], -1, dtype=np.int64)
-        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        from pipeline.folds import assign_folds
+
         with warnings.catch_warnings():  # a class smaller than n_folds: sparse_warnings says so in our words
             warnings.simplefilter("ignore", UserWarning)
-            for fold, (_, val) in enumerate(splitter.split(np.zeros(labels.shape[0]), labels.argmax(1))):
-                folds[val] = fold
-        return folds
+            return assign_folds(StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed), labels.argmax(1))
 
     def subset(self, labels: np.ndarray, n_rows: int, seed: int) -> np.ndarray:
         from sklearn.model_selection import train_test_split

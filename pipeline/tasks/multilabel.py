@@ -17,11 +17,9 @@ class Multilabel:
     def make_folds(self, labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
         from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
-        folds = np.full(labels.shape[0], -1, dtype=np.int64)
-        splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        for fold, (_, val) in enumerate(splitter.split(np.zeros(labels.shape[0]), labels)):
-            folds[val] = fold
-        return folds
+        from pipeline.folds import assign_folds
+
+        return assign_folds(MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed), labels)
 
     def subset(self, labels: np.ndarray, n_rows: int, seed: int) -> np.ndarray:
         from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
