@@ -178,14 +178,10 @@ def parse_label_block(frame: pd.DataFrame, name: str, comp: Competition, label_c
     exactly one 1 per row (multiclass without)."""
     if comp.label_col:
         return _parse_classes(frame, name, comp.id_col, comp.label_col, label_cols)
+    from pipeline.tasks import get_task
+
     labels = _parse_labels(frame, name, comp.id_col, label_cols)
-    if comp.task == "multiclass":
-        ones = labels.sum(1)
-        if (ones != 1).any():
-            none, many = frame.loc[ones == 0, comp.id_col], frame.loc[ones > 1, comp.id_col]
-            raise DataError(f"{name}: each row must have exactly one 1 across {', '.join(label_cols)} (one class "
-                            f"per row); {len(none)} rows have none (first ids: {_show(none) or '-'}), {len(many)} "
-                            f"rows have two or more (first ids: {_show(many) or '-'})")
+    get_task(comp.task).check_rows(labels, frame[comp.id_col].to_numpy(dtype=object), name, label_cols)
     return labels
 
 
@@ -194,16 +190,17 @@ def label_block_columns(comp: Competition, label_cols: list) -> list:
     return [comp.label_col] if comp.label_col else list(label_cols)
 
 
-def _label_cols(comp: Competition, sample: Optional[pd.DataFrame], train: pd.DataFrame, train_name: str) -> list:
+def _label_cols(comp: Competition, sample: Optional[pd.DataFrame], parts: list) -> list:
     """Labels or classes in output order: declared in the definition, else from the sample submission's
     header (0/1 columns), else the sorted class names found in the training data's label column."""
     if comp.classes:
         return list(comp.classes)
     if comp.label_col:
-        if comp.label_col not in train.columns:
-            raise DataError(f"{train_name} is missing the label column '{comp.label_col}'; found: "
-                            f"{', '.join(map(str, train.columns))}")
-        return sorted(set(train[comp.label_col].str.strip()))
+        for part, name in zip(parts, comp.train_files):
+            if comp.label_col not in part.columns:
+                raise DataError(f"{name} is missing the label column '{comp.label_col}'; found: "
+                                f"{', '.join(map(str, part.columns))}")
+        return sorted(set().union(*(part[comp.label_col].str.strip() for part in parts)))
     label_cols = [c for c in sample.columns if c != comp.id_col]
     if not label_cols:
         raise DataError(f"{comp.sample_submission_file} has no label columns besides '{comp.id_col}'")
@@ -228,7 +225,7 @@ def load_competition_data(cfg: DataConfig, data_dir: Optional[str] = None) -> Co
 
     tname = " + ".join(comp.train_files)
     parts = [read_csv(folder / f) for f in comp.train_files]
-    label_cols = _label_cols(comp, sample, parts[0], comp.train_file)
+    label_cols = _label_cols(comp, sample, parts)
     block = label_block_columns(comp, label_cols)
     if sample is not None and comp.label_col and list(sample.columns) != [comp.id_col, comp.label_col]:
         raise DataError(f"{sname} must have the columns {comp.id_col}, {comp.label_col}; found: "
@@ -246,8 +243,9 @@ def load_competition_data(cfg: DataConfig, data_dir: Optional[str] = None) -> Co
             train[col] = labels[:, j].astype(np.int64)
     no_pos = [c for j, c in enumerate(label_cols) if labels[:, j].sum() == 0]
     if no_pos:
-        what = "classes {} have no rows" if comp.task == "multiclass" else "label columns {} have no positive rows"
-        raise DataError(f"{tname}: {what.format(no_pos)}; a classifier cannot learn them")
+        from pipeline.tasks import get_task
+
+        raise DataError(f"{tname}: {get_task(comp.task).no_rows.format(no_pos)}; a classifier cannot learn them")
 
     test_raw = read_csv(folder / comp.test_file)
     labelled_test = comp.solution_file == comp.test_file

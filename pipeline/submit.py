@@ -115,8 +115,7 @@ def make_submission(run_dirs: list, out: Path, weights=None, data_dir: Optional[
         h = summary["holdout_test"]
         shown = ", ".join(f"{k} {v:.4f}" for k, v in h["submitted"].items() if v is not None)
         lines.append(f"  hold-out test ({h['n_rows']} rows, this submission): {shown}")
-    rule_name = "threshold" if task.name == "multilabel" else "bias"
-    lines.append(f"  {'label':14s} {rule_name:>9s} {'test rate':>9s} {'train rate':>10s}")
+    lines.append(f"  {'label':14s} {task.rule_name:>9s} {'test rate':>9s} {'train rate':>10s}")
     values = task.decision_json(rule, data.label_cols)
     for j, col in enumerate(data.label_cols):
         lines.append(f"  {col:14s} {values[col]:9.3f} {pred_rate[j]:9.3f} {train_rate[j]:10.3f}")

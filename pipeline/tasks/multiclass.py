@@ -20,6 +20,20 @@ class Multiclass:
     report_untuned_key = "oof_argmax"
     decision_file = "biases.json"
     val_metric = "val_macro_f1_argmax"
+    rule_name = "bias"  # what the tuned rule sets per class
+    no_rows = "classes {} have no rows"
+
+    def check_rows(self, labels: np.ndarray, ids, name: str, label_cols: list) -> None:
+        """Exactly one class per row; rows with none or several are named by id."""
+        from pipeline.data import _show
+        from pipeline.errors import DataError
+
+        ones = labels.sum(1)
+        if (ones != 1).any():
+            none, many = ids[ones == 0], ids[ones > 1]
+            raise DataError(f"{name}: each row must have exactly one 1 across {', '.join(label_cols)} (one class "
+                            f"per row); {len(none)} rows have none (first ids: {_show(none) or '-'}), {len(many)} "
+                            f"rows have two or more (first ids: {_show(many) or '-'})")
 
     def make_folds(self, labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
         import warnings

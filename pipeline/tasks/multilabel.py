@@ -13,6 +13,11 @@ class Multilabel:
     report_untuned_key = "oof_at_0.5"
     decision_file = "thresholds.json"
     val_metric = "val_macro_f1_at_0.5"
+    rule_name = "threshold"  # what the tuned rule sets per label
+    no_rows = "label columns {} have no positive rows"
+
+    def check_rows(self, labels: np.ndarray, ids, name: str, label_cols: list) -> None:
+        """Any 0/1 combination is a valid multilabel row."""
 
     def make_folds(self, labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
         from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
