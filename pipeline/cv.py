@@ -26,6 +26,7 @@ from pipeline.errors import ConfigError, RunDirError
 from pipeline.folds import load_folds, make_folds, save_folds, sparse_label_warnings, stratified_subset
 from pipeline.io import atomic_write_csv, atomic_write_json, atomic_write_npz, atomic_write_text
 from pipeline.models import get_preset
+from pipeline.plan import planned_tensor_peak
 from pipeline.report import headline, holdout_section
 
 log = logging.getLogger("pipeline")
@@ -80,7 +81,9 @@ def _save_fold(run_dir: Path, result, train_ids, test_ids, label_cols: list, ide
         "fold": result.fold, **identity, "best_epoch": result.best_epoch, "history": result.history,
         "n_val": int(len(result.val_index)), "train_seconds": result.train_seconds,
         "train_examples": result.train_examples, "predict_seconds": result.predict_seconds,
-        "predict_examples": result.predict_examples, "adjustments": adjustments})
+        "predict_examples": result.predict_examples, "gpu_load_peak_bytes": result.gpu_load_peak_bytes,
+        "gpu_peak_bytes": result.gpu_peak_bytes,
+        "adjustments": adjustments})
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
 
 
@@ -169,7 +172,7 @@ class _NeuralFolds:
         from accelerate.utils import set_seed
 
         from pipeline.models import FeatureExtractor, build_model
-        from pipeline.train import Features, predict_logits
+        from pipeline.train import Features, predict_logits, release
 
         cache = self.run_dir / "features.npz" if self.run_dir is not None else None
         if cache is not None and cache.is_file():
@@ -191,7 +194,7 @@ class _NeuralFolds:
         log.info("frozen features of %d texts computed once in %.1f s (%.1f texts/s)", len(train) + len(test),
                  self.feature_seconds, (len(train) + len(test)) / max(self.feature_seconds, 1e-9))
         del model, extractor
-        self.accelerator.free_memory()
+        release(self.accelerator)
         if cache is not None and self.accelerator.is_main_process:
             atomic_write_npz(cache, train=train, test=test, seconds=np.array(self.feature_seconds))
         return Features(train, test)
@@ -229,11 +232,17 @@ def default_run_dir(cfg: RunConfig, runs_root: Path = Path("runs")) -> Path:
 def make_accelerator(cfg: RunConfig):
     """One Accelerator per run (processes, device, precision); the preset kind decides if it trains."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
 
     from pipeline.train import resolve_precision
 
-    return Accelerator(gradient_accumulation_steps=cfg.train.grad_accum_steps,
-                       mixed_precision=resolve_precision(cfg.train.mixed_precision))
+    precision = resolve_precision(cfg.train.mixed_precision)
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != precision and not PartialState().use_distributed:
+        # one process running runs in turn (a study, a notebook, tests) at another precision: accelerate keeps
+        # one global state and refuses to change it, so a single-process run starts it afresh
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(gradient_accumulation_steps=cfg.train.grad_accum_steps, mixed_precision=precision)
 
 
 def _train_with_oom_retry(runner, cfg: RunConfig, fold: int, folds: np.ndarray, checkpoint_dir: Path,
@@ -255,9 +264,12 @@ def _train_with_oom_retry(runner, cfg: RunConfig, fold: int, folds: np.ndarray, 
                         "accumulation steps (same effective batch)", fold, batch, cfg.train.batch_size,
                         cfg.train.grad_accum_steps)
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
-            accelerator = getattr(runner, "accelerator", None)
-            if accelerator is not None:
-                accelerator.free_memory()  # drops the failed attempt's model and optimizer, empties the cache
+        # after the handler, whose exception's traceback holds the failed attempt's frames (model, optimizer)
+        accelerator = getattr(runner, "accelerator", None)
+        if accelerator is not None:
+            from pipeline.train import release
+
+            release(accelerator)
 
 
 def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
@@ -395,6 +407,11 @@ def assemble_run(cfg: RunConfig, run_dir: Path, data: CompetitionData, folds: np
               "train_examples_per_second": train_n / max(train_s, 1e-9), "predict_seconds": pred_s,
               "predict_examples": pred_n, "predict_examples_per_second": pred_n / max(pred_s, 1e-9),
               "note": "wall time of the invocation that trained the last folds; folds resumed from disk add no time"}
+    peaks = [results[f]["gpu_peak_bytes"] for f in results if results[f].get("gpu_peak_bytes")]
+    if peaks:  # CUDA runs: the largest fold's training peak (torch.cuda.max_memory_allocated) beside the plan
+        timing["gpu_peak_bytes"] = max(peaks)
+        timing["gpu_load_peak_bytes"] = max(results[f].get("gpu_load_peak_bytes") or 0 for f in results)
+        timing["gpu_peak_estimate_bytes"] = planned_tensor_peak(cfg, len(label_cols))
     if (run_dir / "features.npz").is_file():  # finetune='head': one backbone pass shared by every fold
         with np.load(run_dir / "features.npz") as saved:
             n_feat = len(saved["train"]) + len(saved["test"])

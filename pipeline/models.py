@@ -412,11 +412,14 @@ def _load_backbone(cfg: ModelConfig, st: ModelSettings, tokenizer, device):
     # dropout costs ~10% of a CPU step (random masks); MiniLM on CPU trains without it
     rate = preset.backbone_dropout if cfg.backbone_dropout is None else cfg.backbone_dropout
     dropout = {} if rate is None else {"hidden_dropout_prob": rate, "attention_probs_dropout_prob": rate}
-    if preset.tiny is not None and not st.load_in_4bit:
-        return AutoModel.from_config(_tiny_config(preset, tokenizer, **dropout))
-    source = _tiny_folder(preset, tokenizer) if preset.tiny is not None else weights_source(cfg)
     kwargs = dict(dropout)
     frozen_base = st.finetune in ("lora", "head")
+    # a tiny random model is built in memory unless it loads as a real one would: 4-bit, or frozen in bf16
+    # (on a GPU), which from_pretrained does from files
+    as_real = st.load_in_4bit or (frozen_base and preset.kind == "decoder" and _compute_dtype() != torch.float32)
+    if preset.tiny is not None and not as_real:
+        return AutoModel.from_config(_tiny_config(preset, tokenizer, **dropout))
+    source = _tiny_folder(preset, tokenizer) if preset.tiny is not None else weights_source(cfg)
     if st.load_in_4bit:
         try:
             import bitsandbytes  # noqa: F401

@@ -413,11 +413,12 @@ def _backward_workspace(f: ArchFacts, settings, prec: Precision, seq: int) -> fl
 
 
 def _inference_workspace(f: ArchFacts, prec: Precision, seq: int) -> float:
-    """Bytes per token alive inside one block in a no-grad forward (frozen features): stream, residual and
-    the wider of the attention (q, k, v, out) and MLP (gate, up, act) intermediates."""
-    attn = 4 * f.heads * f.head_dim + (f.heads * seq if not f.sdpa else 0)
-    mlp = (3 if f.family == "gated" else 2) * f.intermediate
-    return (2 * f.hidden + max(attn, mlp)) * prec.compute
+    """Bytes per token alive inside one block in a no-grad forward (frozen features, the prediction pass):
+    stream and residual, plus the wider of the attention (q, k, v, out) and MLP (gate, up, act) intermediates,
+    each in the dtype a base linear returns (fp32 from bitsandbytes 4-bit on an fp32 stream)."""
+    attn = 4 * f.heads * f.head_dim * prec.linear_out + (f.heads * seq * prec.compute if not f.sdpa else 0)
+    mlp = (3 if f.family == "gated" else 2) * f.intermediate * prec.linear_out
+    return 2 * f.hidden * prec.stream + max(attn, mlp)
 
 
 @dataclass(frozen=True)
@@ -425,9 +426,11 @@ class MemoryEstimate:
     """Peak accelerator (or CPU tensor) memory of one training step, by component, in bytes.
 
     peak = weights + trainable_weights + optimizer_states + autocast_copies + overhead
-           + max(activations + workspace [+ gradients when accumulating], gradients + step_workspace)
+           + max(activations + workspace [+ gradients when accumulating], gradients + step_workspace, prediction)
     because zero_grad(set_to_none=True) frees gradients before the forward, and backward frees saved
-    activations as it creates gradients: the two large transient terms peak at different moments.
+    activations as it creates gradients: the large transient terms peak at different moments. `prediction`
+    is the no-grad forward of one eval batch (validation each epoch, then the test set), which with the
+    default eval batch of 128 can outgrow a small training batch.
     """
     device: str  # 'cuda' or 'cpu'
     batch_size: int  # examples per forward pass
@@ -445,13 +448,15 @@ class MemoryEstimate:
     overhead: int  # CUDA context, cuBLAS workspaces, allocator rounding (0 on CPU)
     gradient_checkpointing: bool  # what the config asks for
     grad_accum_steps: int  # >1 keeps gradients alive through the next forward
+    eval_batch_size: int = 0  # examples per prediction forward pass
+    prediction: int = 0  # transient of one eval batch's no-grad forward (0 in head mode: that is `workspace`)
 
     def total(self, checkpointed: Optional[bool] = None) -> int:
         """Peak bytes with (True) or without (False) gradient checkpointing; None = as configured."""
         ckpt = self.gradient_checkpointing if checkpointed is None else checkpointed
         acts = self.activations_checkpointed if ckpt else self.activations
         held_grads = self.gradients if self.grad_accum_steps > 1 else 0
-        transient = max(acts + self.workspace + held_grads, self.gradients + self.step_workspace)
+        transient = max(acts + self.workspace + held_grads, self.gradients + self.step_workspace, self.prediction)
         return (self.weights + self.trainable_weights + self.optimizer_states + self.autocast_copies
                 + self.overhead + transient)
 
@@ -471,11 +476,21 @@ def estimate_memory(cfg: RunConfig, device: str = "cuda", n_labels: int = 11,
     rate = cfg.model.backbone_dropout if cfg.model.backbone_dropout is not None else s.preset.backbone_dropout
     batch = batch_size or (cfg.train.eval_batch_size if s.finetune == "head" else models.train_settings(cfg)[1])
     return _estimate(backbone, published, s, device, n_labels, batch, max_length or s.max_length,
-                     cfg.train.grad_accum_steps, rate)
+                     cfg.train.grad_accum_steps, rate, cfg.train.eval_batch_size)
+
+
+def planned_tensor_peak(cfg: RunConfig, n_labels: int) -> int:
+    """The dry run's CUDA peak for `cfg` as configured, less the fixed CUDA context term: the figure to set
+    beside torch.cuda.max_memory_allocated, which counts tensors only. Every batch is taken max_length long,
+    so a run whose batches are padded shorter should stay below it."""
+    from pipeline import models
+
+    est = estimate_memory(cfg, "cuda", n_labels)
+    return est.total(models.settings(cfg.model).gradient_checkpointing) - est.overhead
 
 
 def _estimate(backbone, published, s, device: str, n_labels: int, batch: int, seq: int, grad_accum_steps: int,
-              backbone_dropout: Optional[float]) -> MemoryEstimate:
+              backbone_dropout: Optional[float], eval_batch: int = 0) -> MemoryEstimate:
     counts = _count(backbone, published, s, n_labels)
     f = arch_facts(backbone, backbone_dropout)
     prec = precision(s, device)
@@ -500,7 +515,7 @@ def _estimate(backbone, published, s, device: str, n_labels: int, batch: int, se
     dequant = 2 * counts.largest_linear if s.load_in_4bit else 0
 
     if s.finetune == "head":
-        acts = acts_ckpt = 0
+        acts = acts_ckpt = prediction = 0
         workspace = int(tokens * _inference_workspace(f, prec, seq)) + dequant
     else:
         per_block = sum(layer_activation_terms(f, s, prec, seq).values())
@@ -513,12 +528,14 @@ def _estimate(backbone, published, s, device: str, n_labels: int, batch: int, se
         # checkpointing keeps each block's input and recomputes one block at a time during backward
         acts_ckpt = int(tokens * (f.layers * f.hidden * prec.stream + per_block + outside) + rotary)
         workspace = int(tokens * _backward_workspace(f, s, prec, seq)) + dequant
+        prediction = int(eval_batch * seq * _inference_workspace(f, prec, seq)) + dequant if eval_batch else 0
     return MemoryEstimate(
         device=device, batch_size=batch, max_length=seq, weights=int(weights), quantization_constants=constants,
         trainable_weights=trainable_weights, gradients=gradients, optimizer_states=optimizer_states,
         activations=acts, activations_checkpointed=acts_ckpt, workspace=workspace, step_workspace=step_workspace,
         autocast_copies=autocast_copies, overhead=CUDA_OVERHEAD_BYTES if device == "cuda" else 0,
-        gradient_checkpointing=s.gradient_checkpointing, grad_accum_steps=grad_accum_steps)
+        gradient_checkpointing=s.gradient_checkpointing, grad_accum_steps=grad_accum_steps,
+        eval_batch_size=eval_batch, prediction=prediction)
 
 
 def human(n: float) -> str:
@@ -599,6 +616,7 @@ def render_plan(cfg: RunConfig, n_labels: int = 11) -> str:
              ("activations kept for backward", est.activations, est.activations_checkpointed),
              ("backward workspace", est.workspace, est.workspace),
              ("optimizer-step workspace", est.step_workspace, est.step_workspace),
+             (f"prediction pass (eval batch {est.eval_batch_size}, no grad)", est.prediction, est.prediction),
              ("autocast bf16 weight copies", est.autocast_copies, est.autocast_copies),
              ("CUDA context + allocator (fixed)", est.overhead, est.overhead)]
     for label, a, b in comps:
@@ -606,14 +624,14 @@ def render_plan(cfg: RunConfig, n_labels: int = 11) -> str:
             lines.append(f"  {label:44s}{gib(a):>{w0}s}{gib(b):>{w1}s}")
     lines.append(f"  {'peak':44s}{gib(est.total(False)):>{w0}s}{gib(est.total(True)):>{w1}s}")
     lines.append("  peak = weights + LoRA/head + AdamW + autocast copies + overhead")
-    lines.append("         + max(activations + workspace, gradients + step workspace)")
+    lines.append("         + max(activations + workspace, gradients + step workspace, prediction pass)")
     lines += ["", f"{'Fits, keeping ' + format(CARD_HEADROOM, '.0%') + ' of the card free':46s}"
                   f"{cols[0]:>{w0}s}{cols[1]:>{w1}s}"]
     for card in CARDS_GIB:
         yes = ["yes" if est.fits(card, ckpt) else "no" for ckpt in (False, True)]
         lines.append(f"  {str(card) + ' GB':44s}{yes[0]:>{w0}s}{yes[1]:>{w1}s}")
-    lines += ["", "An estimate, not a measurement: formulas and their check against measured CPU peaks are in "
-              "docs/MEMORY.md; CUDA peaks were not measured."]
+    lines += ["", "An estimate, not a measurement: the formulas and their checks against measured peaks (CPU "
+              "steps, and CUDA steps on an H100) are in docs/MEMORY.md."]
     return "\n".join(lines)
 
 

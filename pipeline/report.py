@@ -103,6 +103,11 @@ def _timing_lines(report: dict) -> list:
                   f"{t['train_examples_per_second']:.1f} examples/s |",
                   f"| prediction | {t['predict_examples']} examples in {t['predict_seconds']:.1f} s = "
                   f"{t['predict_examples_per_second']:.1f} examples/s |"]
+        if t.get("gpu_peak_bytes"):
+            lines.append(f"| peak GPU memory, training and prediction (torch.cuda.max_memory_allocated, largest "
+                         f"fold) | {t['gpu_peak_bytes'] / 2 ** 30:.2f} GiB; the dry run planned "
+                         f"{t['gpu_peak_estimate_bytes'] / 2 ** 30:.2f} GiB of tensors for full-length batches |")
+            lines.append(f"| peak GPU memory while loading the model | {t['gpu_load_peak_bytes'] / 2 ** 30:.2f} GiB |")
         if "feature_seconds" in t:
             lines.append(f"| frozen features (once, shared by all folds) | {t['feature_examples']} texts in "
                          f"{t['feature_seconds']:.1f} s = {t['feature_examples_per_second']:.1f} texts/s |")

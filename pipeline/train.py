@@ -80,6 +80,9 @@ class FoldResult:
     train_examples: int = 0  # examples seen in training (epochs x fold size)
     predict_seconds: float = 0.0
     predict_examples: int = 0  # validation + test examples predicted
+    # torch.cuda.max_memory_allocated (CUDA runs only) while loading the model, then while training and predicting
+    gpu_load_peak_bytes: Optional[int] = None
+    gpu_peak_bytes: Optional[int] = None
 
 
 def format_texts(texts: list, prompt: Optional[str]) -> list:
@@ -188,6 +191,19 @@ def resolve_precision(setting: str) -> str:
         raise ConfigError(f"train.mixed_precision={setting} needs a CUDA GPU; on this CPU use 'no' or "
                           f"'auto' (bf16 matrix products run about 150x slower than fp32 here)")
     return setting
+
+
+def release(accelerator) -> None:
+    """Free a finished fold's model before the next one loads: drop accelerate's references, then collect.
+    Under mixed precision accelerate wraps `forward` in autocast, a reference cycle that plain reference
+    counting never frees, and its own free_memory collects before it drops its lists: without this the
+    previous fold's weights stayed on the GPU through the next fold's loading and training."""
+    import gc
+
+    accelerator.free_memory()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _param_groups(model, cfg: RunConfig, lr: float) -> list:
@@ -309,6 +325,9 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     train_idx = np.flatnonzero((folds != fold) & (True if fit_mask is None else fit_mask))
     val_idx = np.flatnonzero(folds == fold)
     set_seed(cfg.cv.seed + fold)
+    cuda = accelerator.device.type == "cuda"
+    if cuda:  # the fold's own peaks, to set beside the dry-run estimate
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
     if isinstance(inputs, Features):
         model = HeadClassifier(inputs.train.shape[1], labels.shape[1], cfg.model.dropout)
     else:
@@ -331,6 +350,10 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
         total_steps = min(total_steps, tcfg.max_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(tcfg.warmup_ratio * total_steps), total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    load_peak = None
+    if cuda:  # loading may pass through bigger transients (a 16-bit copy before 4-bit quantization)
+        load_peak = int(torch.cuda.max_memory_allocated(accelerator.device))
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
     hook = accelerator.register_save_state_pre_hook(_keep_trainable(accelerator))
 
     state, best = _LoopState(), None  # best: {"weights": state dict on CPU or None, "val_logits": array}
@@ -417,7 +440,9 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     if save_dir is not None and accelerator.is_main_process:
         save_fold_model(accelerator.unwrap_model(model), Path(save_dir), cfg, fold)
     hook.remove()
-    accelerator.free_memory()
-    del model, optimizer
+    peaks = (load_peak, int(torch.cuda.max_memory_allocated(accelerator.device))) if cuda else (None, None)
+    del model, optimizer, scheduler, loader
+    release(accelerator)
     return FoldResult(fold, val_idx, best["val_logits"], test_logits, state.best_epoch, state.history,
-                      state.train_seconds, state.train_examples, state.predict_seconds, state.predict_examples)
+                      state.train_seconds, state.train_examples, state.predict_seconds, state.predict_examples,
+                      *peaks)

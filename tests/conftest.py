@@ -67,6 +67,16 @@ def _chdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    # tests build Accelerator(cpu=True) beside runs that pick their own device and precision; accelerate keeps
+    # one process-wide state and refuses a change, which on a GPU machine fails the next test (not on a CPU)
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 DAIR_CLASSES = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 DAIR_CUES = {"sadness": ["gloomy", "tears"], "joy": ["happy", "glad"], "love": ["adore", "darling"],
              "anger": ["furious", "rage"], "fear": ["scared", "afraid"], "surprise": ["shocked", "amazed"]}

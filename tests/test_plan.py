@@ -165,6 +165,24 @@ def test_qwen14b_estimate_is_plausible_and_checkpointing_helps():
     assert bigger.activations == pytest.approx(2 * est.activations, rel=1e-4)
 
 
+def test_the_prediction_pass_is_planned_and_can_set_the_peak():
+    """An H100 QLoRA run peaked above the training-only plan: with the default eval batch (128) the no-grad
+    forward of one prediction batch, whose 4-bit MLP outputs are fp32, outgrows a checkpointed small batch."""
+    est = plan.estimate_memory(cfg_for("qwen14b"), "cuda")
+    f = plan.arch_facts(plan._skeletons("qwen14b")[0], None)
+    dequant = 2 * 13824 * 5120  # one dequantized copy of the largest linear weight, bf16
+    per_token = 2 * f.hidden * 4 + 3 * f.intermediate * 4  # fp32 stream + gate, act and up in fp32
+    assert est.eval_batch_size == 128 and est.prediction == 128 * 128 * per_token + dequant
+    train_only = max(est.activations_checkpointed + est.workspace, est.gradients + est.step_workspace)
+    assert est.prediction > train_only
+    fixed = est.weights + est.trainable_weights + est.optimizer_states + est.autocast_copies + est.overhead
+    assert est.total(True) == fixed + est.prediction
+    smaller = plan.estimate_memory(cfg_for("qwen14b", "train.eval_batch_size=16"), "cuda")
+    assert smaller.prediction - dequant == (est.prediction - dequant) // 8 and smaller.total(True) < est.total(True)
+    assert plan.estimate_memory(cfg_for("qwen14b", "model.finetune=head"), "cuda").prediction == 0
+    assert "prediction pass (eval batch 128, no grad)" in plan.render_plan(cfg_for("qwen14b"))
+
+
 def test_devices_differ_only_in_dtypes():
     cuda = plan.estimate_memory(cfg_for("smollm2-135m"), "cuda")
     cpu = plan.estimate_memory(cfg_for("smollm2-135m"), "cpu")
