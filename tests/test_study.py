@@ -179,7 +179,9 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys):
 def test_the_shipped_goemotions_grid_loads():
     study = load_study(ROOT / "configs" / "studies" / "goemotions-grid.yaml")
     assert study.classes == [2, 4, 8, 16] and study.train_rows == [800, 1600, 2400]
-    assert [m.preset for m in study.models] == ["minilm-l6", "tfidf-lr"] and len(study_cells(study)) == 24
+    assert [m.preset for m in study.models] == ["minilm-l6", "tfidf-lr", "smollm2-135m"]
+    assert [m.name for m in study.models][-1] == "smollm2-lora" and len(study_cells(study)) == 36
+    assert study.models[-1].overrides == ("train.epochs=2",)  # what docs/BENCHMARKS.md's smollm2 cells ran with
 
 
 # ---- table and heatmap from finished runs ------------------------------------------------------------------
