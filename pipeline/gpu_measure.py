@@ -167,7 +167,7 @@ def table(results: list) -> str:
     return "\n".join(rows)
 
 
-def save_random_model(preset: str, folder: Path, n_labels: int = 11) -> Path:
+def save_random_model(preset: str, folder: Path) -> Path:
     """A random-weights copy of `preset`'s backbone (its exact architecture and vocabulary) plus MiniLM's
     tokenizer, saved for `--set model.path=FOLDER`. Returns the folder."""
     import torch
