@@ -24,6 +24,7 @@ class Competition:
     solution_file: str = ""  # test labels, scored once as "hold-out test" (may be test_file itself); "" = none
     metric: str = "macro_f1"  # what the leaderboard scores: 'macro_f1' or 'accuracy' (multiclass)
     download: str = ""  # how a user gets the files
+    kaggle_slug: str = ""  # the competition's slug on kaggle.com; "" = not a Kaggle competition
 
     def __post_init__(self):
         problems = []

@@ -8,4 +8,5 @@ COMPETITION = Competition(
     task="multilabel",
     metric="macro_f1",
     download="kaggle competitions download -c emotion-detection-fall-2024",
+    kaggle_slug="emotion-detection-fall-2024",
 )

@@ -1,5 +1,5 @@
-"""Command lines of `run_cv.py`, `make_submission.py`, `compare_runs.py` and `run_study.py`: parse flags,
-build the config, call the library.
+"""Command lines of `run_cv.py`, `make_submission.py`, `compare_runs.py`, `run_study.py`, `predict.py` and
+`python -m pipeline.kaggle`: parse flags, build the config, call the library.
 
 A `PipelineError` (bad file, config or flag) is printed as one line and exits with status 2.
 """
@@ -128,7 +128,13 @@ def submission_parser() -> argparse.ArgumentParser:
     p.add_argument("--submission", metavar="FILE.csv", help="with --score: score this existing submission file "
                    "instead of building one from runs")
     p.add_argument("--competition", help="with --score --submission: the competition definition (default: the "
-                   "latest run's)")
+                   "latest run's); with --leaderboard: fetch only this competition")
+    p.add_argument("--submit", metavar="MESSAGE", help="upload the file just written to Kaggle, the run names and "
+                   "cross-validated OOF score appended to MESSAGE, and record it in the ledger (needs credentials)")
+    p.add_argument("--leaderboard", action="store_true", help="fetch your Kaggle submissions, fill their public and "
+                   "private scores into the ledger (matched by file name and message), print it")
+    p.add_argument("--ledger", action="store_true", help="print the ledger (submissions/ledger.csv, or beside --out) "
+                   "and write ledger.html: CV against leaderboard, correlation, gap trend")
     return p
 
 
@@ -165,6 +171,8 @@ def make_submission_main(argv: Optional[list] = None) -> int:
             competition = read_saved_config(latest_run(root) / "config.yaml").data.competition
         print(score_submission(competition, Path(args.submission), Path(args.score)))
         return 0
+    if (args.ledger or args.leaderboard) and not (args.runs or args.submit or args.weights):
+        return _ledger_commands(args, Path(args.out).parent / "ledger.csv" if args.out else None)
     runs = [_resolve_run(r, root) for r in args.runs] if args.runs else [latest_run(root)]
     if args.out:
         out = Path(args.out)
@@ -187,6 +195,25 @@ def make_submission_main(argv: Optional[list] = None) -> int:
         from pipeline.config import read_saved_config
 
         print(score_submission(read_saved_config(runs[0] / "config.yaml").data.competition, out, Path(args.score)))
+    if args.submit:
+        from pipeline.kaggle import get_client
+        from pipeline.ledger import submit_to_kaggle
+
+        print(submit_to_kaggle(out, args.submit, get_client()))
+    return _ledger_commands(args, out.parent / "ledger.csv")
+
+
+def _ledger_commands(args: argparse.Namespace, path: Optional[Path]) -> int:
+    """--leaderboard and --ledger of make_submission.py, on the ledger at path (default submissions/)."""
+    from pipeline.ledger import fetch_leaderboard, show_ledger
+
+    path = path or Path("submissions") / "ledger.csv"
+    if args.leaderboard:
+        from pipeline.kaggle import get_client
+
+        print(fetch_leaderboard(path, get_client(), args.competition))
+    if args.leaderboard or args.ledger:
+        print(show_ledger(path))  # ledger.html too, so the page shows the scores just fetched
     return 0
 
 
@@ -197,6 +224,8 @@ def compare_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-root", default="runs", help="where run directories live (default runs/)")
     p.add_argument("--all-settings", action="store_true", help="also show settings equal in every run")
     p.add_argument("--out", help="also write the table to this markdown file")
+    p.add_argument("--html", metavar="FILE.html", help="also write a self-contained HTML page: the table, a chart "
+                   "of each run's OOF scores with fold spread, and per-label F1 of every run")
     return p
 
 
@@ -211,7 +240,38 @@ def compare_main(argv: Optional[list] = None) -> int:
         from pipeline.io import atomic_write_text
 
         atomic_write_text(Path(args.out), table)
+    if args.html:
+        from pipeline.io import atomic_write_text
+        from pipeline.report_html import compare_page
+
+        atomic_write_text(Path(args.html), compare_page([_resolve_run(r, Path(args.runs_root)) for r in args.runs]))
     print(table, end="")
+    return 0
+
+
+def report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.report", description="(Re)write the HTML report of a "
+                                "completed run (RUN_DIR/report.html) or of a submission (its .json summary -> .html).")
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR|SUBMISSION.json")
+    p.add_argument("--data-dir", help="the competition's data folder, when not where the run read it (a run page "
+                   "shows training texts and labels)")
+    return p
+
+
+@_guard
+def report_main(argv: Optional[list] = None) -> int:
+    args = report_parser().parse_args(argv)
+    from pipeline.report_html import write_run_html, write_submission_html
+
+    for name in args.paths:
+        path = Path(name)
+        if path.is_dir():
+            out = write_run_html(path, data_dir=args.data_dir)
+        elif path.suffix == ".json" and path.is_file():
+            out = write_submission_html(path)
+        else:
+            raise PipelineError(f"{path} is neither a run directory nor a submission's .json summary")
+        print(f"wrote {out}")
     return 0
 
 
@@ -259,4 +319,61 @@ def study_main(argv: Optional[list] = None) -> int:
         print(f"error: {len(failed)} cell(s) failed: {', '.join(failed)} (see the log above); rerun the same "
               f"command to retry them", file=sys.stderr)
         return 1
+    return 0
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="predict.py", description="Predict any CSV with the competition's id and text "
+                                "columns using the fold models that finished runs kept (folds averaged on "
+                                "probabilities). Writes the id, <label>_prob and <label>_pred (0/1) per label.")
+    p.add_argument("--runs", nargs="+", help="run directories (or names under --runs-root), averaged with equal "
+                   "weights; one run uses its own decision rule (the one its report chose)")
+    p.add_argument("--submission", metavar="SUBMISSION.json", help="instead of --runs: the runs, weights and decision "
+                   "rule of a submission (the .json make_submission.py writes beside its CSV)")
+    p.add_argument("--input", required=True, metavar="FILE.csv", help="texts to predict")
+    p.add_argument("--out", required=True, metavar="FILE.csv", help="where the predictions go")
+    p.add_argument("--runs-root", default="runs", help="where run directories live (default runs/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines")
+    return p
+
+
+@_guard
+def predict_main(argv: Optional[list] = None) -> int:
+    args = predict_parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    from pipeline.predict import predict_file
+
+    if bool(args.runs) == bool(args.submission):
+        raise PipelineError("predict.py needs either --runs RUN [RUN ...] or --submission SUBMISSION.json (not both)")
+    root = Path(args.runs_root)
+    runs = [_resolve_run(r, root) for r in args.runs] if args.runs else None
+    progress = None
+    if not args.quiet:
+        from functools import partial
+
+        from tqdm.auto import tqdm
+        progress = partial(tqdm, leave=False, dynamic_ncols=True)
+    print(predict_file(Path(args.input), Path(args.out), runs, Path(args.submission) if args.submission else None,
+                       root, progress))
+    return 0
+
+
+def kaggle_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.kaggle", description="Kaggle round trip: download a "
+                                "competition's files (to submit and fetch scores: make_submission.py --submit, "
+                                "--leaderboard).")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("download", help="download, unzip and check a competition's files (needs Kaggle credentials)")
+    d.add_argument("competition", nargs="?", default="emotion-detection-fall-2024",
+                   help="competition definition with a Kaggle slug (default emotion-detection-fall-2024)")
+    d.add_argument("--dest", help="folder for the files (default data/<competition>)")
+    return p
+
+
+@_guard
+def kaggle_main(argv: Optional[list] = None) -> int:
+    args = kaggle_parser().parse_args(argv)
+    from pipeline.kaggle import download_competition
+
+    print(download_competition(args.competition, Path(args.dest) if args.dest else None))
     return 0

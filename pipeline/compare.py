@@ -59,14 +59,19 @@ def run_row(run_dir: Path) -> dict:
     return row
 
 
+def comparison(run_dirs: list, only_differing: bool = True) -> tuple:
+    """(columns, rows, same): one flat row per run; the settings equal in every run are left out of
+    `columns` and listed in `same` unless only_differing is False."""
+    rows = [run_row(Path(r)) for r in run_dirs]
+    setting_titles = [title for title, _ in SETTINGS]
+    same = [c for c in setting_titles if len({r[c] for r in rows}) == 1] if len(rows) > 1 and only_differing else []
+    return [c for c in rows[0] if c not in same], rows, same
+
+
 def compare_runs(run_dirs: list, only_differing: bool = True) -> str:
     """A markdown table with one row per run; settings equal in every run are left out (and listed
     under the table) unless only_differing is False."""
-    rows = [run_row(Path(r)) for r in run_dirs]
-    columns = list(rows[0])
-    setting_titles = [title for title, _ in SETTINGS]
-    same = [c for c in setting_titles if len({r[c] for r in rows}) == 1] if len(rows) > 1 and only_differing else []
-    columns = [c for c in columns if c not in same]
+    columns, rows, same = comparison(run_dirs, only_differing)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(r[c] for c in columns) + " |" for r in rows]
     if same:

@@ -62,7 +62,8 @@ class TrainConfig:
     mixed_precision: str = "auto"  # 'auto' (bf16/fp16 on GPU, fp32 on CPU), 'no', 'fp16', 'bf16'
     length_grouped: bool = True  # batch texts of similar length together (less padding)
     num_workers: int = 0  # DataLoader worker processes
-    save_models: Optional[bool] = None  # keep each fold's trained model; None = adapters/heads yes, full weights no
+    save_models: Optional[bool] = True  # keep each fold's trained model in folds/fold_<k>/model/ (for predict.py)
+    log_with: Optional[str] = None  # tracker per fold (accelerate): 'tensorboard', 'wandb', 'mlflow', ...; None = off
     checkpoint_every: int = 0  # save a resumable checkpoint every N optimizer steps (0 = only finished folds)
 
 
@@ -99,6 +100,7 @@ class RunConfig:
         d["data"].pop("data_dir")
         d["train"].pop("checkpoint_every")  # resuming from a checkpoint gives identical results
         d["train"].pop("save_models")  # keeping the fold models or not changes no prediction
+        d["train"].pop("log_with")  # tracking what happens changes none of it
         return d
 
     def short_hash(self) -> str:
@@ -134,6 +136,9 @@ CHOICES = {
     "thresholds.method": ("optuna", "exact", "fixed"),
     "data.fit_filter": ("none", "clean"),
 }
+
+# accelerate's trackers (its LoggerType, less 'all'); train.log_with picks one, or None for none
+TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab", "trackio")
 
 
 def _parse_scalar(text: str) -> Any:
@@ -320,6 +325,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = getattr(getattr(cfg, section), name)
         if value not in options:
             p.append(f"{key} must be one of {', '.join(options)}, got {value!r}")
+    if t.log_with is not None and t.log_with not in TRACKERS:
+        p.append(f"train.log_with must be one of {', '.join(TRACKERS)} (or null for none), got {t.log_with!r}"
+                 f"{_close(str(t.log_with), TRACKERS)}")
     if cfg.name is not None and (not cfg.name or "/" in cfg.name or cfg.name.startswith(".")):
         p.append(f"name must be a plain folder name, got {cfg.name!r}")
     from competition import COMPETITIONS

@@ -1,7 +1,8 @@
 """The K-fold run: data, folds, each fold (resumable), then OOF, test means, thresholds, report.
 
 Run directory `runs/<name>/`: config.yaml, folds.csv, status.json, folds/fold_<k>/ (oof.csv,
-test_probs.csv, result.json written last, checkpoint/ while a fold trains), oof.csv, test_probs.csv,
+test_probs.csv, model/ unless train.save_models is false, result.json written last, checkpoint/ while a
+fold trains), tracking/ (with train.log_with), oof.csv, test_probs.csv,
 thresholds.json, report.md, report.json (written last: its presence marks a completed run).
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pipeline.io import atomic_write_csv, atomic_write_json, atomic_write_npz, a
 from pipeline.models import get_preset
 from pipeline.plan import planned_tensor_peak
 from pipeline.report import headline, holdout_section
+from pipeline.report_html import write_run_html
 
 log = logging.getLogger("pipeline")
 
@@ -218,8 +220,9 @@ class _TfidfFolds:
                  fit_mask: Optional[np.ndarray] = None):
         from pipeline.linear import fit_tfidf_fold
 
+        save_dir = checkpoint_dir.parent / "model" if checkpoint_dir is not None else None
         return fit_tfidf_fold(self.cfg, fold, folds, self.data.labels, self.data.train_texts,
-                              self.data.test_texts, fit_mask)
+                              self.data.test_texts, fit_mask, save_dir)
 
 
 FOLD_RUNNERS = {"encoder": _NeuralFolds, "decoder": _NeuralFolds, "tfidf": _TfidfFolds}
@@ -229,12 +232,14 @@ def default_run_dir(cfg: RunConfig, runs_root: Path = Path("runs")) -> Path:
     return Path(runs_root) / cfg.run_name()
 
 
-def make_accelerator(cfg: RunConfig):
-    """One Accelerator per run (processes, device, precision); the preset kind decides if it trains."""
+def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None):
+    """One Accelerator per run (processes, device, precision); the preset kind decides if it trains.
+    With train.log_with (and a run directory) it carries that tracker, logging under run_dir/tracking/."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
 
     from pipeline.train import resolve_precision
+    from pipeline.tracking import tracker_settings
 
     precision = resolve_precision(cfg.train.mixed_precision)
     state = AcceleratorState._shared_state
@@ -242,7 +247,8 @@ def make_accelerator(cfg: RunConfig):
         # one process running runs in turn (a study, a notebook, tests) at another precision: accelerate keeps
         # one global state and refuses to change it, so a single-process run starts it afresh
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(gradient_accumulation_steps=cfg.train.grad_accum_steps, mixed_precision=precision)
+    return Accelerator(gradient_accumulation_steps=cfg.train.grad_accum_steps, mixed_precision=precision,
+                       **tracker_settings(cfg, run_dir))
 
 
 def _train_with_oom_retry(runner, cfg: RunConfig, fold: int, folds: np.ndarray, checkpoint_dir: Path,
@@ -286,7 +292,7 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
     n_folds = cfg.cv.n_folds
     if only_fold is not None and not 0 <= only_fold < n_folds:
         raise ConfigError(f"--fold must be in [0, {n_folds - 1}] for {n_folds} folds, got {only_fold}")
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, run_dir)
     main = accelerator.is_main_process
     prepare_run_dir(cfg, run_dir, create=main)
     accelerator.wait_for_everyone()
@@ -427,6 +433,7 @@ def assemble_run(cfg: RunConfig, run_dir: Path, data: CompetitionData, folds: np
     elif data.holdout_note:
         report["holdout_test_note"] = data.holdout_note
     atomic_write_text(run_dir / "report.md", task.render_markdown(report, f"CV report: {run_dir.name}"))
+    write_run_html(run_dir, data, report)
     atomic_write_json(run_dir / "report.json", report)
     h = report["headline"]
     chosen = "tuned" if h["rule"] == "tuned" else "untuned"

@@ -138,6 +138,24 @@ def _check_text(frame: pd.DataFrame, name: str, id_col: str, text_col: str) -> N
                         f"(first ids: {_show(frame.loc[empty, id_col])})")
 
 
+def read_texts(path: Path, comp: Competition) -> pd.DataFrame:
+    """Any CSV of texts to predict: it needs the competition's id and text columns (others are ignored)
+    and is checked as test.csv is. Returns a frame of those two columns, in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    frame = read_csv(path)
+    missing = [c for c in (comp.id_col, comp.text_col) if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path.name} is missing columns {missing} (competition {comp.name} reads ids from "
+                        f"'{comp.id_col}' and texts from '{comp.text_col}'); "
+                        f"found: {', '.join(map(str, frame.columns))}")
+    frame = frame[[comp.id_col, comp.text_col]].reset_index(drop=True)
+    _check_ids(frame, path.name, comp.id_col)
+    _check_text(frame, path.name, comp.id_col, comp.text_col)
+    return frame
+
+
 def _parse_labels(frame: pd.DataFrame, name: str, id_col: str, label_cols: list) -> np.ndarray:
     out = np.zeros((len(frame), len(label_cols)), dtype=np.int8)
     for j, col in enumerate(label_cols):

@@ -18,3 +18,7 @@ class ConfigError(PipelineError):
 
 class RunDirError(PipelineError):
     """A run directory is incomplete or belongs to another config."""
+
+
+class KaggleError(PipelineError):
+    """Kaggle cannot be used: no credentials, no `kaggle` package, not a Kaggle competition, or a failed call."""

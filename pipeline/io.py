@@ -41,6 +41,19 @@ def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
     _atomic(path, lambda h: frame.to_csv(h, index=False, lineterminator="\n", float_format="%.8g"))
 
 
+def atomic_write_folder(folder: Path, write) -> None:
+    """`write(tmp)` fills a temporary sibling folder, which then replaces `folder`: it appears whole or not at all."""
+    import shutil
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
 def atomic_write_npz(path: Path, **arrays) -> None:
     """numpy arrays in one .npz, written to a temporary name and renamed."""
     import numpy as np

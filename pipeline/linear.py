@@ -3,11 +3,14 @@ multilabel, one multinomial for multiclass: the task decides).
 
 Vectorizers are fitted on the training fold only; it returns the same `FoldResult` as the
 neural loop (logits are the regressions' decision values), so folds, OOF, thresholds and
-submissions take the same path.
+submissions take the same path. With `train.save_models` each fold's fitted vectorizers and
+regressions are kept (joblib) in folds/fold_<k>/model/, for `predict.py`.
 """
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -30,10 +33,47 @@ def _vectorizers():
 C = 2.0  # inverse L2 strength; chosen by OOF macro-F1 on the emotion data (docs/BENCHMARKS.md)
 
 
+class TfidfModel:
+    """A fitted fold: texts -> (n, n_labels) float32 decision values (the task's logits)."""
+
+    def __init__(self, word, char, decide):
+        self.word, self.char, self.decide = word, char, decide
+
+    def __call__(self, texts: list) -> np.ndarray:
+        return self.decide(hstack([self.word.transform(texts), self.char.transform(texts)]).tocsr())
+
+
+def save_tfidf_fold(model: TfidfModel, folder: Path, cfg: RunConfig, fold: int) -> None:
+    """Keep a fitted fold in `folder` (model.joblib and fold.json), unless train.save_models is false."""
+    import joblib
+
+    from pipeline.io import atomic_write_folder
+
+    if cfg.train.save_models is False:
+        return
+    for vectorizer in (model.word, model.char):
+        if hasattr(vectorizer, "stop_words_"):  # older scikit-learn: every cut n-gram, for introspection only
+            vectorizer.stop_words_ = None
+
+    def write(tmp: Path) -> None:
+        joblib.dump(model, tmp / "model.joblib")
+        (tmp / "fold.json").write_text(json.dumps({"fold": fold, "preset": cfg.model.preset}))
+
+    atomic_write_folder(Path(folder), write)
+
+
+def load_tfidf_fold(folder: Path) -> TfidfModel:
+    """A fold kept by `save_tfidf_fold` (a pickle: load only run directories you made or trust)."""
+    import joblib
+
+    return joblib.load(Path(folder) / "model.joblib")
+
+
 def fit_tfidf_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
-                   train_texts: list, test_texts: list, fit_mask: Optional[np.ndarray] = None) -> FoldResult:
+                   train_texts: list, test_texts: list, fit_mask: Optional[np.ndarray] = None,
+                   save_dir: Optional[Path] = None) -> FoldResult:
     """folds: (n_train,) fold per row; labels: (n_train, n_labels) 0/1. Fits on folds != fold
-    (and fit_mask, when given); predicts every row of the fold."""
+    (and fit_mask, when given); predicts every row of the fold. save_dir: where the fitted fold is kept."""
     train_idx = np.flatnonzero((folds != fold) & (True if fit_mask is None else fit_mask))
     val_idx = np.flatnonzero(folds == fold)
     start = time.perf_counter()
@@ -42,15 +82,14 @@ def fit_tfidf_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndar
     x_train = hstack([word.fit_transform(fit_texts), char.fit_transform(fit_texts)]).tocsr()
     task = task_for(cfg.data.competition)
     weights = task.class_weights(labels[train_idx], cfg.train.pos_weight)
-    decide = task.linear_model(x_train, labels[train_idx], weights, C, cfg.cv.seed)
+    model = TfidfModel(word, char, task.linear_model(x_train, labels[train_idx], weights, C, cfg.cv.seed))
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    val_texts = [train_texts[i] for i in val_idx]
-    x_val = hstack([word.transform(val_texts), char.transform(val_texts)]).tocsr()
-    x_test = hstack([word.transform(test_texts), char.transform(test_texts)]).tocsr()
-    val_logits, test_logits = decide(x_val), decide(x_test)
+    val_logits, test_logits = model([train_texts[i] for i in val_idx]), model(list(test_texts))
     predict_seconds = time.perf_counter() - start
+    if save_dir is not None:
+        save_tfidf_fold(model, save_dir, cfg, fold)
     return FoldResult(fold, val_idx, val_logits, test_logits, best_epoch=1, history=[],
                       train_seconds=train_seconds, train_examples=len(train_idx),
                       predict_seconds=predict_seconds, predict_examples=len(val_idx) + len(test_texts))

@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -515,25 +514,27 @@ def trainable_state(model: nn.Module) -> dict:
 
 
 def save_fold_model(model: nn.Module, folder: Path, cfg, fold: int) -> None:
-    """Save what a fold trained: the LoRA adapter with its head (peft `save_pretrained`), the head
-    over frozen features, or (model.finetune='full', only with train.save_models) all weights."""
+    """Save what a fold trained, unless train.save_models is false: the LoRA adapter with its head (peft
+    `save_pretrained`), the head over frozen features, or every weight (model.finetune='full') as safetensors."""
     from safetensors.torch import save_file
 
+    from pipeline.io import atomic_write_folder
+
     st = settings(cfg.model)
-    save = cfg.train.save_models if cfg.train.save_models is not None else st.finetune != "full"
-    if not save:
+    if cfg.train.save_models is False:  # None (configs written before it defaulted to true) keeps them too
         return
-    tmp = Path(folder).with_name(Path(folder).name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(str(tmp))
-    else:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    (tmp / "fold.json").write_text(json.dumps({"fold": fold, "preset": st.preset.name, "finetune": st.finetune,
-                                               "init_seed": cfg.cv.seed + fold}))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)  # a folder appears whole or not at all
+    # the seed the base was built from: per fold, except the frozen backbone of 'head', built once per run
+    init_seed = cfg.cv.seed if st.finetune == "head" else cfg.cv.seed + fold
+
+    def write(tmp: Path) -> None:
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(str(tmp))
+        else:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        (tmp / "fold.json").write_text(json.dumps({"fold": fold, "preset": st.preset.name, "finetune": st.finetune,
+                                                   "init_seed": init_seed}))
+
+    atomic_write_folder(Path(folder), write)
 
 
 def load_fold_model(cfg, n_labels: int, folder: Path, tokenizer=None, device=None):

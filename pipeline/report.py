@@ -223,3 +223,11 @@ def render_multiclass_markdown(report: dict, title: str) -> str:
     lines += _holdout_lines(report)
     lines += _timing_lines(report)
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m pipeline.report RUN_DIR | SUBMISSION.json
+    import sys
+
+    from pipeline.cli import report_main
+
+    sys.exit(report_main())

@@ -3,6 +3,7 @@ apply it to test; and scores a submission file against a solution file.
 
 Writes `<out>.csv` (checked against the sample, atomically) and `<out>.json` (what went in, the OOF
 scores of each run and of the ensemble, and the hold-out test score when the competition has one).
+Each submission written also gets a row in the ledger beside it (pipeline/ledger.py).
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from pipeline.data import label_block_columns, load_competition_data, read_csv, 
 from pipeline.ensemble import average_runs, cross_validated_preds, read_run, search_weights
 from pipeline.errors import DataError
 from pipeline.io import atomic_write_json
+from pipeline.ledger import record_submission
 from pipeline.report import holdout_section
+from pipeline.report_html import write_submission_html
 from pipeline.submission import build_submission, write_submission
 
 
@@ -99,6 +102,10 @@ def make_submission(run_dirs: list, out: Path, weights=None, data_dir: Optional[
         summary["holdout_test"] = holdout_section(task, metric, test_probs, data.holdout_labels, tuner)
         summary["holdout_test"]["submitted"] = summary["holdout_test"]["tuned" if use_tuned else "untuned"]
     atomic_write_json(Path(out).with_suffix(".json"), summary)
+    tuned_preds = tuner.predict(oof.to_numpy())  # the fold spread of the tuned ensemble, as report.json has it
+    record_submission(out, comp.name, metric, summary,
+                      [task.score(labels[folds == k], tuned_preds[folds == k], metric) for k in np.unique(folds)])
+    write_submission_html(Path(out).with_suffix(".json"))
     lines = [f"wrote {out} ({len(frame)} rows, columns {', '.join(frame.columns[:4])}"
              f"{', ...' if len(frame.columns) > 4 else ''})"]
     for name, s in per_run.items():

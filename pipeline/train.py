@@ -3,7 +3,8 @@
 AdamW with warmup and linear decay, gradient accumulation through `accelerator.accumulate`,
 clipping on sync steps, per-epoch validation with early stopping (best epoch's weights kept),
 dynamic padding and length-grouped batches over texts tokenized once per run, and optional
-checkpoints every N optimizer steps (accelerate `save_state`) to resume inside a fold.
+checkpoints every N optimizer steps (accelerate `save_state`) to resume inside a fold, and
+an optional experiment tracker per fold (`train.log_with`, pipeline/tracking.py).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.models import HeadClassifier, build_model, save_fold_model, train_settings, trainable_state
 from pipeline.tasks import task_for
+from pipeline.tracking import end_fold, epoch_values, start_fold, step_values
 
 log = logging.getLogger("pipeline")
 
@@ -355,6 +357,8 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
         load_peak = int(torch.cuda.max_memory_allocated(accelerator.device))
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     hook = accelerator.register_save_state_pre_hook(_keep_trainable(accelerator))
+    tracking = start_fold(accelerator, cfg, fold)  # train.log_with: a tracker run for this fold
+    step_losses, step_lr = [], lr
 
     state, best = _LoopState(), None  # best: {"weights": state dict on CPU or None, "val_logits": array}
     if checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").is_file():
@@ -380,6 +384,9 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and tcfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+                if tracking:
+                    step_losses.append(loss.item())
+                    step_lr = optimizer.param_groups[0]["lr"]  # what this step uses, before the scheduler moves it
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -389,6 +396,9 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
             state.batches_done += 1
             if accelerator.sync_gradients:
                 state.steps += 1
+                if tracking:
+                    accelerator.log(step_values(step_losses, step_lr, optimizer, lr, tcfg.head_lr), step=state.steps)
+                    step_losses = []
                 status(phase="train", epoch=epoch, step=state.steps, total_steps=total_steps,
                        train_loss=round(state.running, 5))
                 if tcfg.checkpoint_every and checkpoint_dir is not None and state.steps % tcfg.checkpoint_every == 0:
@@ -415,6 +425,8 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
         score = task.val_score(val_labels, val_logits)
         state.history.append({"epoch": epoch, "train_loss": round(state.running, 5), "val_loss": round(val_loss, 5),
                               task.val_metric: round(score, 5), "optimizer_steps": state.steps})
+        if tracking:
+            accelerator.log(epoch_values(epoch, state.running, val_loss, task.val_metric, score), step=state.steps)
         if score > state.best_score:
             state.best_score, state.best_epoch, state.stale = score, epoch, 0
             last = finished or epoch == tcfg.epochs
@@ -440,6 +452,7 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     if save_dir is not None and accelerator.is_main_process:
         save_fold_model(accelerator.unwrap_model(model), Path(save_dir), cfg, fold)
     hook.remove()
+    end_fold(accelerator)
     peaks = (load_peak, int(torch.cuda.max_memory_allocated(accelerator.device))) if cuda else (None, None)
     del model, optimizer, scheduler, loader
     release(accelerator)

@@ -94,7 +94,8 @@ def test_a_finished_folds_model_is_freed_before_the_next_fold_loads(tmp_path, mo
         return out
 
     monkeypatch.setattr(train, "build_model", spy)
-    monkeypatch.setattr(cv, "make_accelerator", lambda cfg: Accelerator(cpu=True, mixed_precision="bf16"))
+    monkeypatch.setattr(cv, "make_accelerator",
+                        lambda cfg, run_dir=None: Accelerator(cpu=True, mixed_precision="bf16"))
     comp = write_competition(tmp_path / "comp", *make_frames(n_train=60, n_test=10))
     cfg = load_config(None, ["model.preset=tiny-qwen2", f"data.data_dir={comp}", "cv.n_folds=3",
                              "train.epochs=1", "train.max_steps=1"])

@@ -14,6 +14,22 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return x / x.sum(1, keepdims=True)
 
 
+class MultinomialDecision:
+    """x -> (n, K) float32 decision values of one fitted multinomial logistic regression; a class, not a
+    closure, so a tfidf-lr fold can keep it (pickled)."""
+
+    def __init__(self, model, n_classes: int):
+        self.model, self.n_classes = model, n_classes
+
+    def __call__(self, x) -> np.ndarray:
+        out = np.full((x.shape[0], self.n_classes), -1e4, dtype=np.float32)  # a class absent from the fold: never
+        d = self.model.decision_function(x)
+        if d.ndim == 1:  # two classes: one score for the second; split it so softmax gives the same odds
+            d = np.column_stack([-d / 2, d / 2])
+        out[:, self.model.classes_] = d
+        return out
+
+
 class Multiclass:
     name = "multiclass"
     untuned = "argmax"
@@ -108,16 +124,15 @@ class Multiclass:
         y = labels.argmax(1)
         model = LogisticRegression(C=C, class_weight={k: float(w) for k, w in enumerate(weights)},
                                    max_iter=2000, random_state=seed).fit(x, y)
-        n = labels.shape[1]
+        return MultinomialDecision(model, labels.shape[1])
 
-        def decide(z):
-            out = np.full((z.shape[0], n), -1e4, dtype=np.float32)  # a class absent from the fold: never
-            d = model.decision_function(z)
-            if d.ndim == 1:  # two classes: one score for the second; split it so softmax gives the same odds
-                d = np.column_stack([-d / 2, d / 2])
-            out[:, model.classes_] = d
-            return out
-        return decide
+    def decider_from_json(self, values: dict, label_cols: list):
+        """A fitted rule from saved per-class biases (`decision_json`'s output, e.g. biases.json)."""
+        from pipeline.thresholds import BiasTuner
+
+        rule = BiasTuner(method="fixed")
+        rule.biases_ = np.array([float(values[c]) for c in label_cols])
+        return rule
 
     def scores(self, labels: np.ndarray, preds: np.ndarray, probs: np.ndarray = None) -> dict:
         out = {"accuracy": metrics.accuracy(labels, preds), "macro_f1": metrics.class_f1(labels, preds),
@@ -130,6 +145,12 @@ class Multiclass:
         from pipeline.report import multiclass_report
 
         return multiclass_report(self, probs, labels, folds, decider, label_cols, extra)
+
+    def html_sections(self, view) -> list:
+        """The task's sections of report.html (a RunView in)."""
+        from pipeline.report_html import multiclass_sections
+
+        return multiclass_sections(view)
 
     def render_markdown(self, report: dict, title: str) -> str:
         from pipeline.report import render_multiclass_markdown

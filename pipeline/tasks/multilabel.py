@@ -7,6 +7,17 @@ import numpy as np
 from pipeline import metrics
 
 
+class PerLabelDecision:
+    """x -> (n, L) float32 decision values of one fitted logistic regression per label; a class, not a
+    closure, so a tfidf-lr fold can keep it (pickled)."""
+
+    def __init__(self, models: list):
+        self.models = models
+
+    def __call__(self, x) -> np.ndarray:
+        return np.column_stack([m.decision_function(x) for m in self.models]).astype(np.float32)
+
+
 class Multilabel:
     name = "multilabel"
     untuned = "at 0.5"  # the rule that involves no tuning, as the report names it
@@ -89,7 +100,15 @@ class Multilabel:
         models = [LogisticRegression(C=C, solver="liblinear", class_weight={0: 1.0, 1: float(weights[j])},
                                      max_iter=1000, random_state=seed).fit(x, labels[:, j])
                   for j in range(labels.shape[1])]
-        return lambda z: np.column_stack([m.decision_function(z) for m in models]).astype(np.float32)
+        return PerLabelDecision(models)
+
+    def decider_from_json(self, values: dict, label_cols: list):
+        """A fitted rule from saved per-label thresholds (`decision_json`'s output, e.g. thresholds.json)."""
+        from pipeline.thresholds import ThresholdTuner
+
+        rule = ThresholdTuner(method="fixed")
+        rule.thresholds_ = np.array([float(values[c]) for c in label_cols])
+        return rule
 
     def scores(self, labels: np.ndarray, preds: np.ndarray, probs: np.ndarray = None) -> dict:
         return {"macro_f1": metrics.macro_f1(labels, preds), "micro_f1": metrics.micro_f1(labels, preds),
@@ -99,6 +118,12 @@ class Multilabel:
         from pipeline.report import build_report
 
         return build_report(probs, labels, folds, decider.thresholds_, label_cols, extra)
+
+    def html_sections(self, view) -> list:
+        """The task's sections of report.html (a RunView in)."""
+        from pipeline.report_html import multilabel_sections
+
+        return multilabel_sections(view)
 
     def render_markdown(self, report: dict, title: str) -> str:
         from pipeline.report import render_markdown
