@@ -182,10 +182,33 @@ def threshold_curves(probs: np.ndarray, labels: np.ndarray) -> tuple:
     return precision, recall, f1
 
 
-def _label_figure(col: str, probs: np.ndarray, labels: np.ndarray, threshold: float) -> str:
+def _pr_and_reliability(ax_pr, ax_cal, probs: np.ndarray, labels: np.ndarray, title: str,
+                        threshold: Optional[float] = None) -> None:
+    """One label's (or one class's, one-vs-rest) precision-recall curve, with the operating point at
+    `threshold` starred when given, and its reliability curve. probs, labels: (n,)."""
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
+    if labels.sum() and labels.sum() < len(labels):  # both kinds present: the curves are defined
+        prec, rec, _ = precision_recall_curve(labels, probs)
+        ax_pr.plot(rec, prec)
+        if threshold is not None:
+            chosen = probs >= threshold
+            tp = (chosen & (labels == 1)).sum()
+            ax_pr.plot([tp / labels.sum()], [tp / max(chosen.sum(), 1)], "k*", ms=10)
+        ax_pr.axhline(labels.mean(), color="grey", ls=":", lw=1)
+        ax_pr.set_title(f"{title}, AP {average_precision_score(labels, probs):.3f}", fontsize=9)
+        frac_pos, mean_pred = calibration_curve(labels, probs, n_bins=10, strategy="quantile")
+        ax_cal.plot(mean_pred, frac_pos, marker="o")
+    ax_pr.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax_cal.plot([0, 1], [0, 1], color="grey", ls=":")
+    ax_cal.set(xlabel="mean predicted probability", ylabel="observed positive rate", xlim=(0, 1), ylim=(0, 1))
+    ax_cal.set_title("reliability (10 quantile bins)", fontsize=9)
+    for ax in (ax_pr, ax_cal):
+        ax.grid(alpha=.3)
+
+
+def _label_figure(col: str, probs: np.ndarray, labels: np.ndarray, threshold: float) -> str:
     fig = new_figure(11, 2.6, dpi=72)
     ax_t, ax_pr, ax_cal = fig.subplots(1, 3)
     p, r, f = threshold_curves(probs, labels)
@@ -195,22 +218,8 @@ def _label_figure(col: str, probs: np.ndarray, labels: np.ndarray, threshold: fl
     ax_t.axvline(0.5, color="grey", ls=":", lw=1)
     ax_t.set(xlabel=f"threshold (dashed: tuned {threshold:.2f}; dotted: 0.5)", ylim=(0, 1.02), title=f"{col}")
     ax_t.legend(fontsize=7, loc="lower left")
-    if labels.sum() and labels.sum() < len(labels):
-        prec, rec, _ = precision_recall_curve(labels, probs)
-        ax_pr.plot(rec, prec)
-        chosen = probs >= threshold
-        tp = (chosen & (labels == 1)).sum()
-        ax_pr.plot([tp / labels.sum()], [tp / max(chosen.sum(), 1)], "k*", ms=10)
-        ax_pr.axhline(labels.mean(), color="grey", ls=":", lw=1)
-        ax_pr.set_title(f"PR curve, AP {average_precision_score(labels, probs):.3f} (star: tuned)")
-        frac_pos, mean_pred = calibration_curve(labels, probs, n_bins=10, strategy="quantile")
-        ax_cal.plot(mean_pred, frac_pos, marker="o")
-    ax_pr.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
-    ax_cal.plot([0, 1], [0, 1], color="grey", ls=":")
-    ax_cal.set(xlabel="mean predicted probability", ylabel="observed positive rate", xlim=(0, 1), ylim=(0, 1),
-               title="reliability (10 quantile bins)")
-    for ax in (ax_t, ax_pr, ax_cal):
-        ax.grid(alpha=.3)
+    ax_t.grid(alpha=.3)
+    _pr_and_reliability(ax_pr, ax_cal, probs, labels, "PR curve (star: tuned)", threshold)
     return img(fig, f"{col}: threshold curves, precision-recall, reliability")
 
 
@@ -313,23 +322,9 @@ def confusion_section(view: RunView) -> str:
 
 
 def _class_figure(col: str, probs: np.ndarray, labels: np.ndarray) -> str:
-    from sklearn.calibration import calibration_curve
-    from sklearn.metrics import average_precision_score, precision_recall_curve
-
     fig = new_figure(7.4, 2.6, dpi=72)
     ax_pr, ax_cal = fig.subplots(1, 2)
-    if labels.sum() and labels.sum() < len(labels):
-        prec, rec, _ = precision_recall_curve(labels, probs)
-        ax_pr.plot(rec, prec)
-        ax_pr.set_title(f"{col}: one-vs-rest PR, AP {average_precision_score(labels, probs):.3f}", fontsize=9)
-        frac_pos, mean_pred = calibration_curve(labels, probs, n_bins=10, strategy="quantile")
-        ax_cal.plot(mean_pred, frac_pos, marker="o")
-    ax_pr.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
-    ax_cal.plot([0, 1], [0, 1], color="grey", ls=":")
-    ax_cal.set(xlabel="mean predicted probability", ylabel="observed rate", xlim=(0, 1), ylim=(0, 1))
-    ax_cal.set_title("reliability (10 quantile bins)", fontsize=9)
-    for ax in (ax_pr, ax_cal):
-        ax.grid(alpha=.3)
+    _pr_and_reliability(ax_pr, ax_cal, probs, labels, f"{col}: one-vs-rest PR")
     return img(fig, f"{col}: precision-recall and reliability")
 
 
