@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -136,16 +135,12 @@ def _child(case: dict) -> dict:
 
 def measure(case: dict, timeout: int = 600) -> dict:
     """Run one case (keys as in CASES, plus n_labels and steps) in a fresh process; its result dict."""
-    code = ("import json, sys; from pipeline.gpu_measure import _child; "
-            "print('RESULT ' + json.dumps(_child(json.loads(sys.argv[1]))))")
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(case)], capture_output=True, text=True,
-                         cwd=root, timeout=timeout)
-    lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-    if out.returncode != 0 or not lines:
-        return dict(case=case, error=out.stderr.strip().splitlines()[-1] if out.stderr.strip() else
-                    f"exit {out.returncode}")
-    return json.loads(lines[-1][len("RESULT "):])
+    from pipeline.plan_measure import ChildFailed, child_result
+
+    try:
+        return child_result("pipeline.gpu_measure:_child", case, timeout)
+    except ChildFailed as exc:
+        return dict(case=case, error=exc.last_line)
 
 
 def table(results: list) -> str:

