@@ -87,7 +87,7 @@ def config_from_args(args: argparse.Namespace):
 @_guard
 def run_cv_main(argv: Optional[list] = None) -> int:
     args = cv_parser().parse_args(argv)
-    from pipeline.models import PRESETS
+    from pipeline.presets import PRESETS
 
     if args.list_models:
         for preset in PRESETS.values():

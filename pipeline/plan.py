@@ -103,9 +103,9 @@ def _skeletons(preset_name: str):
     from accelerate import init_empty_weights
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from pipeline import models
+    from pipeline import presets
 
-    preset = models.get_preset(preset_name)
+    preset = presets.get_preset(preset_name)
     config = skeleton_config(preset)
     quiet = logging.getLogger("transformers")
     level = quiet.level
@@ -202,7 +202,7 @@ def arch_facts(backbone, backbone_dropout: Optional[float] = None) -> ArchFacts:
 
 
 def count_parameters(settings, n_labels: int = 11) -> ParamCounts:
-    """Counts for `settings` (a pipeline.models.ModelSettings), from meta skeletons; see ParamCounts."""
+    """Counts for `settings` (a pipeline.presets.ModelSettings), from meta skeletons; see ParamCounts."""
     backbone, published = _skeletons(settings.preset.name)
     return _count(backbone, published, settings, n_labels)
 
@@ -465,12 +465,12 @@ def estimate_memory(cfg: RunConfig, device: str = "cuda", n_labels: int = 11,
                     batch_size: Optional[int] = None, max_length: Optional[int] = None) -> MemoryEstimate:
     """Peak memory of one training step of `cfg`'s model; batch_size (examples) and max_length (tokens)
     default to the config's (preset's). Bytes; see MemoryEstimate for how the components combine."""
-    from pipeline import models
+    from pipeline import presets
 
-    s = models.settings(cfg.model)
+    s = presets.settings(cfg.model)
     backbone, published = _skeletons(s.preset.name)
     rate = cfg.model.backbone_dropout if cfg.model.backbone_dropout is not None else s.preset.backbone_dropout
-    batch = batch_size or (cfg.train.eval_batch_size if s.finetune == "head" else models.train_settings(cfg)[1])
+    batch = batch_size or (cfg.train.eval_batch_size if s.finetune == "head" else presets.train_settings(cfg)[1])
     return _estimate(backbone, published, s, device, n_labels, batch, max_length or s.max_length,
                      cfg.train.grad_accum_steps, rate, cfg.train.eval_batch_size)
 
@@ -479,10 +479,10 @@ def planned_tensor_peak(cfg: RunConfig, n_labels: int) -> int:
     """The dry run's CUDA peak for `cfg` as configured, less the fixed CUDA context term: the figure to set
     beside torch.cuda.max_memory_allocated, which counts tensors only. Every batch is taken max_length long,
     so a run whose batches are padded shorter should stay below it."""
-    from pipeline import models
+    from pipeline import presets
 
     est = estimate_memory(cfg, "cuda", n_labels)
-    return est.total(models.settings(cfg.model).gradient_checkpointing) - est.overhead
+    return est.total(presets.settings(cfg.model).gradient_checkpointing) - est.overhead
 
 
 def _estimate(backbone, published, s, device: str, n_labels: int, batch: int, seq: int, grad_accum_steps: int,
@@ -557,9 +557,9 @@ def render_plan(cfg: RunConfig, n_labels: int = 11) -> str:
 
     n_labels: width of the head; 11 is emotion-detection-fall-2024's count (the plan reads no data, and
     the head is a rounding error next to the backbone either way)."""
-    from pipeline import models
+    from pipeline import presets
 
-    s = models.settings(cfg.model)
+    s = presets.settings(cfg.model)
     p = s.preset
     head = f"Plan for preset '{p.name}' ({p.hf_id or p.package or 'no hub id'}), kind {p.kind}"
     if p.kind == "tfidf" or (p.arch is None and p.tiny is None):

@@ -76,16 +76,16 @@ def _spec_config(spec: dict) -> RunConfig:
 
 
 def _spec_settings(spec: dict):
-    """The pipeline.models.ModelSettings of a measure_peak_cpu spec. A config dict gets an unregistered
+    """The pipeline.presets.ModelSettings of a measure_peak_cpu spec. A config dict gets an unregistered
     preset: a decoder unless its model type is a BERT-style encoder, last-token pooling, no download."""
-    from pipeline import models
+    from pipeline import presets
 
     if isinstance(spec["model"], str):
-        return models.settings(_spec_config(spec).model)
+        return presets.settings(_spec_config(spec).model)
     model_type = spec["model"]["model_type"]
-    preset = models.Preset(f"random-{model_type}", "encoder" if model_type in _POST_NORM_TYPES else "decoder",
+    preset = presets.Preset(f"random-{model_type}", "encoder" if model_type in _POST_NORM_TYPES else "decoder",
                            pooling="last", tiny=dict(spec["model"]))
-    return models.ModelSettings(preset, spec["finetune"], spec["lora_r"], float(spec["lora_alpha"]),
+    return presets.ModelSettings(preset, spec["finetune"], spec["lora_r"], float(spec["lora_alpha"]),
                                 float(spec["lora_dropout"]), tuple(spec["lora_targets"]), load_in_4bit=False,
                                 gradient_checkpointing=spec["gradient_checkpointing"], padding_side="right",
                                 append_eos=False, max_length=spec["max_length"], freeze_embeddings=False)

@@ -49,7 +49,8 @@ def _neural_logits(cfg: RunConfig, folders: list, texts: list, n_labels: int, pr
     from safetensors.torch import load_file
 
     from pipeline.cv import make_accelerator
-    from pipeline.models import FeatureExtractor, HeadClassifier, build_model, load_fold_model, load_tokenizer, settings
+    from pipeline.models import FeatureExtractor, HeadClassifier, build_model, load_fold_model, load_tokenizer
+    from pipeline.presets import settings
     from pipeline.train import Encoded, Features, format_texts, predict_logits, release, tokenize
 
     st = settings(cfg.model)
@@ -100,7 +101,7 @@ def run_label_cols(run_dir: Path) -> list:
 def run_probs(run_dir: Path, texts: list, progress: Optional[Callable] = None) -> np.ndarray:
     """(len(texts), n_labels) probabilities: the mean over the run's folds of each kept fold model's
     probabilities (the task's link of its logits). progress: a tqdm-like factory or None."""
-    from pipeline.models import get_preset
+    from pipeline.presets import get_preset
 
     run_dir = Path(run_dir)
     cfg = read_saved_config(run_dir / "config.yaml")

@@ -32,7 +32,7 @@ COMPETITION = "goemotions-subset"  # the competition every cell's run reads its 
 @dataclass(frozen=True)
 class StudyModel:
     name: str  # row name in the table and prefix of the cell names
-    preset: str  # model preset (pipeline/models.py)
+    preset: str  # model preset (pipeline/presets.py)
     overrides: tuple = ()  # `section.key=value` strings for this model's runs only
 
 

@@ -24,7 +24,7 @@ def tracker_settings(cfg: RunConfig, run_dir: Optional[Path]) -> dict:
     """Accelerator keyword arguments for cfg.train.log_with: {} when it is off, without a run directory,
     or for tfidf-lr (no training loop). Refuses a tracker whose package is missing, which accelerate
     itself would drop with a warning only."""
-    from pipeline.models import get_preset
+    from pipeline.presets import get_preset
 
     name = cfg.train.log_with
     if name is None or run_dir is None or get_preset(cfg.model.preset).kind == "tfidf":

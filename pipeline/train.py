@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
-from pipeline.models import HeadClassifier, build_model, save_fold_model, train_settings, trainable_state
+from pipeline.models import HeadClassifier, build_model, save_fold_model, trainable_state
+from pipeline.presets import train_settings
 from pipeline.tasks import task_for
 from pipeline.tracking import end_fold, epoch_values, start_fold, step_values
 

@@ -16,8 +16,8 @@ from pipeline.config import load_config
 from pipeline.cv import run_cv
 from pipeline.data import fit_filter_mask
 from pipeline.errors import ConfigError
-from pipeline.models import (PRESETS, SequenceClassifier, build_model, ensure_pad_token, load_fold_model,
-                             load_tokenizer)
+from pipeline.models import SequenceClassifier, build_model, ensure_pad_token, load_fold_model, load_tokenizer
+from pipeline.presets import PRESETS
 from pipeline.train import Encoded, _Collate, predict_logits, tokenize, train_fold
 
 ISSUE_DECODERS = ["tinyllama-1.1b", "llama-3.2-1b", "llama-3.2-3b-instruct", "gemma-2b", "gemma-3-1b",

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import gpu_measure, models, plan
+from pipeline import gpu_measure, plan, presets
 from pipeline.report import _timing_lines
 
 
 @pytest.fixture(autouse=True)
 def _own_presets(monkeypatch):
     # case_config registers random-* presets: keep them out of the registry other tests read
-    monkeypatch.setattr(models, "PRESETS", dict(models.PRESETS))
+    monkeypatch.setattr(presets, "PRESETS", dict(presets.PRESETS))
 
 
 @pytest.mark.parametrize("index", range(len(gpu_measure.CASES)))
@@ -20,11 +20,11 @@ def test_each_case_is_the_real_architecture_with_random_weights(index):
     preset, finetune, four, ckpt, batch, length = gpu_measure.CASES[index]
     cfg = gpu_measure.case_config(dict(preset=preset, finetune=finetune, load_in_4bit=four,
                                        gradient_checkpointing=ckpt, batch_size=batch, max_length=length))
-    clone, real = models.get_preset(cfg.model.preset), models.get_preset(preset)
+    clone, real = presets.get_preset(cfg.model.preset), presets.get_preset(preset)
     assert clone.name == f"random-{preset}" and clone.hf_id is None and clone.arch is None
     assert clone.tiny == {k: v for k, v in real.arch.items() if k != "vocab_size"}
     assert (clone.lora_targets, clone.pooling, clone.kind) == (real.lora_targets, real.pooling, real.kind)
-    s = models.settings(cfg.model)
+    s = presets.settings(cfg.model)
     assert (s.finetune, s.load_in_4bit, s.gradient_checkpointing, s.max_length) == (finetune, four, ckpt, length)
     est = plan.estimate_memory(cfg, "cuda", 11)
     assert est.batch_size == batch and est.max_length == length

@@ -6,7 +6,8 @@ import torch
 
 from pipeline.config import ModelConfig, validate, RunConfig
 from pipeline.errors import ConfigError
-from pipeline.models import PRESETS, build_model, get_preset, pool
+from pipeline.models import build_model, pool
+from pipeline.presets import PRESETS, get_preset
 
 
 def test_registry_has_the_issue_presets():
@@ -75,7 +76,8 @@ def test_encoder_lora_trains_adapters_and_head_only_and_reloads(tmp_path, dair_d
     from pipeline.config import load_config
     from pipeline.cv import run_cv
     from pipeline.data import load_competition_data
-    from pipeline.models import load_fold_model, settings
+    from pipeline.models import load_fold_model
+    from pipeline.presets import settings
     from pipeline.tasks import get_task
     from pipeline.train import tokenize
 

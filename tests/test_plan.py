@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from pipeline import models, plan, plan_measure
+from pipeline import plan, plan_measure, presets
 from pipeline.cli import run_cv_main
 from pipeline.config import load_config
 
@@ -70,13 +70,13 @@ def saved_activation_bytes(model, ids, mask) -> int:
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_count_matches_model_card(name):
-    counts = plan.count_parameters(models.settings(cfg_for(name).model))
+    counts = plan.count_parameters(presets.settings(cfg_for(name).model))
     tolerance = 0.01 if name == "qwen14b" else 0.02
     assert counts.published == pytest.approx(PUBLISHED[name], rel=tolerance)
 
 
 def test_qwen14b_counts():
-    counts = plan.count_parameters(models.settings(cfg_for("qwen14b").model), n_labels=11)
+    counts = plan.count_parameters(presets.settings(cfg_for("qwen14b").model), n_labels=11)
     assert abs(counts.published - 14.77e9) / 14.77e9 < 0.01
     # the classifier has no LM head: the published total minus one 152064 x 5120 matrix
     assert counts.backbone == counts.published - 152064 * 5120
@@ -88,7 +88,7 @@ def test_qwen14b_counts():
 
 
 def test_tied_embeddings_counted_once():
-    counts = plan.count_parameters(models.settings(cfg_for("llama-3.2-1b").model))
+    counts = plan.count_parameters(presets.settings(cfg_for("llama-3.2-1b").model))
     assert counts.published == counts.backbone  # tied lm_head adds nothing
 
 
@@ -112,16 +112,16 @@ def test_lora_count_matches_peft_on_meta_skeleton():
     from peft import LoraConfig, get_peft_model
 
     cfg = cfg_for("smollm2-135m")
-    counts = plan.count_parameters(models.settings(cfg.model))
+    counts = plan.count_parameters(presets.settings(cfg.model))
     backbone, _ = plan._skeletons("smollm2-135m")
     peft_model = get_peft_model(copy.deepcopy(backbone), LoraConfig(r=16, target_modules=["q_proj", "v_proj"]))
     assert counts.lora == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
 
 def test_finetune_modes_change_trainable():
-    full = plan.count_parameters(models.settings(cfg_for("minilm-l6", "model.freeze_embeddings=false").model))
-    frozen = plan.count_parameters(models.settings(cfg_for("minilm-l6").model))  # preset freezes embeddings
-    head = plan.count_parameters(models.settings(cfg_for("minilm-l6", "model.finetune=head").model))
+    full = plan.count_parameters(presets.settings(cfg_for("minilm-l6", "model.freeze_embeddings=false").model))
+    frozen = plan.count_parameters(presets.settings(cfg_for("minilm-l6").model))  # preset freezes embeddings
+    head = plan.count_parameters(presets.settings(cfg_for("minilm-l6", "model.finetune=head").model))
     assert full.trainable == full.backbone + full.head
     assert frozen.trainable == full.trainable - full.embeddings
     assert head.trainable == head.head and head.lora == 0
@@ -143,7 +143,7 @@ def test_activation_formula_matches_saved_tensors(family, finetune, dropout):
 
 def test_four_bit_weight_bytes():
     est = plan.estimate_memory(cfg_for("qwen14b"), "cuda")
-    counts = plan.count_parameters(models.settings(cfg_for("qwen14b").model))
+    counts = plan.count_parameters(presets.settings(cfg_for("qwen14b").model))
     constants = counts.quantizable * (8 / 64 + 32 / (64 * 256)) / 8
     assert est.quantization_constants == pytest.approx(constants, rel=1e-6)
     # 0.5 byte per quantized weight, fp32 (after k-bit preparation) for embeddings, norms and biases
@@ -195,7 +195,7 @@ def test_devices_differ_only_in_dtypes():
 
 def test_full_finetune_on_gpu_counts_fp32_master_weights_and_autocast_copies():
     est = plan.estimate_memory(cfg_for("roberta-base"), "cuda")
-    counts = plan.count_parameters(models.settings(cfg_for("roberta-base").model))
+    counts = plan.count_parameters(presets.settings(cfg_for("roberta-base").model))
     assert est.weights == 4 * counts.backbone
     assert est.optimizer_states == 8 * counts.trainable and est.gradients == 4 * counts.trainable
     assert est.autocast_copies == 2 * counts.quantizable
@@ -235,10 +235,10 @@ def test_estimate_matches_measured_cpu_peak_smollm2(ckpt):
 
 # ---------------------------------------------------------------- rendering and the command line
 
-@pytest.mark.parametrize("name", sorted(models.PRESETS))
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_every_preset_renders(name):
     text = plan.render_plan(cfg_for(name))
-    preset = models.PRESETS[name]
+    preset = presets.PRESETS[name]
     if preset.kind == "tfidf":
         assert "Nothing to plan" in text
     else:

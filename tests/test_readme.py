@@ -32,7 +32,7 @@ def test_every_readme_command_is_run_by_ci():
 
 
 def test_readme_names_every_preset_and_the_data_command():
-    from pipeline.models import PRESETS
+    from pipeline.presets import PRESETS
 
     text = (ROOT / "README.md").read_text()
     for name in PRESETS:
