@@ -24,6 +24,7 @@ class DataConfig:
     data_dir: Optional[str] = None  # folder holding the competition CSVs; None = data/<competition>
     max_rows: Optional[int] = None  # rows of train.csv kept (stratified subset); None = all
     fit_filter: str = "none"  # 'none' or 'clean': training rows a fold may fit on (validation keeps every row)
+    extra_train: Optional[list] = None  # CSVs of extra rows (e.g. generate_data.py's) every fold trains on; never validated
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pipeline.config import RunConfig, diff_configs, read_saved_config, save_con
 from pipeline.data import CompetitionData, fit_filter_mask, load_competition_data
 from pipeline.ensemble import cross_validated_preds
 from pipeline.errors import ConfigError, RunDirError
+from pipeline.extra_train import load_extra_rows
 from pipeline.folds import load_folds, make_folds, save_folds, sparse_label_warnings, stratified_subset
 from pipeline.io import atomic_write_csv, atomic_write_json, atomic_write_npz, atomic_write_text
 from pipeline.presets import get_preset
@@ -97,7 +98,7 @@ def _load_fold(run_dir: Path, fold: int, identity: dict) -> Optional[dict]:
     info = json.loads((out / "result.json").read_text())
     for key, value in identity.items():
         if info.get(key) != value:
-            what = "config" if key == "config_hash" else "fold split"
+            what = {"config_hash": "config", "folds_hash": "fold split"}.get(key, "data.extra_train content")
             raise RunDirError(f"{out} was made with a different {what} ({key} {info.get(key)} vs {value} now); "
                               f"delete that folder or use another --run-dir")
     info["oof"] = pd.read_csv(out / "oof.csv", dtype={"id": str})
@@ -180,8 +181,9 @@ class _NeuralFolds:
         cache = self.run_dir / "features.npz" if self.run_dir is not None else None
         if cache is not None and cache.is_file():
             saved = np.load(cache)
-            log.info("frozen features read from %s", cache)
-            return Features(saved["train"], saved["test"])
+            if len(saved["train"]) == len(self.inputs.train):  # else other extra training rows: recompute
+                log.info("frozen features read from %s", cache)
+                return Features(saved["train"], saved["test"])
         start = time.perf_counter()
         set_seed(self.cfg.cv.seed)
         model, _ = build_model(self.cfg.model, len(self.data.label_cols), self.tokenizer,
@@ -313,11 +315,20 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
     accelerator.wait_for_everyone()
     folds = load_folds(folds_path, train_ids, n_folds)  # every stage reads the saved split
     fit_mask, dropped = fit_filter_mask(data.train_texts, data.labels, cfg.data.fit_filter)
+    extra = load_extra_rows(cfg.data.extra_train, data)  # training-only rows, after the real ones
+    fit_data = data if extra is None else extra.joined(data)
+    fit_folds = folds if extra is None else extra.folds(folds)
     if main and dropped:
         log.info("data.fit_filter=%s: folds fit on %d of %d rows (dropped: %s); every row is still validated",
                  cfg.data.fit_filter, int(fit_mask.sum()), len(fit_mask),
                  ", ".join(f"{n} {reason}" for reason, n in dropped.items()))
     identity = {"config_hash": cfg.short_hash(), "folds_hash": folds_digest(folds)}
+    if extra is not None:
+        identity["extra_train_sha256"] = extra.digest
+        if main:
+            log.info("data.extra_train: %d extra rows join every fold's training part (never validation); "
+                     "left out as leaks of a fold's validation part: %s per fold", len(extra),
+                     extra.summary(data, folds)["left_out_per_fold"])
     if main:
         log.info("run directory %s: %d training rows, %d test rows, %d folds", run_dir, len(train_ids),
                  len(test_ids), n_folds)
@@ -334,13 +345,14 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
             continue
         status.update(force=True, phase="starting", fold=fold, n_folds=n_folds)
         if runner is None:
-            runner = FOLD_RUNNERS[kind](train_cfg, data, quiet, accelerator, run_dir)
+            runner = FOLD_RUNNERS[kind](train_cfg, fit_data, quiet, accelerator, run_dir)
         start = time.perf_counter()
         if kind == "tfidf" and not main:
             accelerator.wait_for_everyone()  # nothing to share: the main process fits it alone
             continue
-        result = _train_with_oom_retry(runner, train_cfg, fold, folds, _fold_dir(run_dir, fold) / "checkpoint",
-                                       status, adjustments, fit_mask)
+        fold_mask = fit_mask if extra is None else extra.fit_mask(data, folds, fold, fit_mask)
+        result = _train_with_oom_retry(runner, train_cfg, fold, fit_folds, _fold_dir(run_dir, fold) / "checkpoint",
+                                       status, adjustments, fold_mask)
         if main:
             _save_fold(run_dir, result, train_ids, test_ids, data.label_cols, identity, adjustments, data.task)
             log.info("fold %d/%d done in %.1f s, best epoch %d", fold + 1, n_folds,
@@ -369,14 +381,16 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
     if runner is None and (run_dir / "report.json").is_file():
         # nothing trained in this invocation (a rerun or --merge): keep the wall time of the run that did
         wall = json.loads((run_dir / "report.json").read_text()).get("timing", {}).get("wall_seconds", wall)
-    out = assemble_run(cfg, run_dir, data, folds, results, wall)
+    out = assemble_run(cfg, run_dir, data, folds, results, wall,
+                       {} if extra is None else {"extra_train": extra.summary(data, folds)})
     status.update(force=True, phase="done", report=str(run_dir / "report.md"))
     return out
 
 
 def assemble_run(cfg: RunConfig, run_dir: Path, data: CompetitionData, folds: np.ndarray, results: dict,
-                 wall_seconds: float) -> Path:
-    """Write oof.csv, test_probs.csv, thresholds.json and the reports from finished folds."""
+                 wall_seconds: float, extra_facts: Optional[dict] = None) -> Path:
+    """Write oof.csv, test_probs.csv, thresholds.json and the reports from finished folds (real rows
+    only). extra_facts: more entries for report.json (e.g. the extra training rows)."""
     label_cols = data.label_cols
     oof = pd.concat([results[k]["oof"] for k in sorted(results)]).set_index("id")
     train_ids = data.train_ids
@@ -426,7 +440,7 @@ def assemble_run(cfg: RunConfig, run_dir: Path, data: CompetitionData, folds: np
                           feature_examples_per_second=n_feat / max(float(saved["seconds"]), 1e-9))
     report = task.build_report(oof_probs, data.labels, folds, tuner, label_cols,
                                {"run": run_dir.name, "timing": timing, "folds": fold_infos, "config": cfg.to_dict(),
-                                "oof_tuned_cv": cv_scores})
+                                "oof_tuned_cv": cv_scores, **(extra_facts or {})})
     report["headline"] = headline(task, metric, oof_probs, data.labels, tuner, cv_preds)
     # scored once, after everything is fitted; nothing above reads the test labels
     if data.holdout_labels is not None:

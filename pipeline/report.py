@@ -89,8 +89,13 @@ def _config_line(report: dict) -> list:
     if "config" not in report:
         return []
     c = report["config"]
-    return [f"Model `{c['model']['preset']}`, {c['cv']['n_folds']} folds, seed {c['cv']['seed']}, "
-            f"{report['n_rows']} training rows.", ""]
+    lines = [f"Model `{c['model']['preset']}`, {c['cv']['n_folds']} folds, seed {c['cv']['seed']}, "
+             f"{report['n_rows']} training rows.", ""]
+    if "extra_train" in report:
+        x = report["extra_train"]
+        lines[-1:-1] = [f"Every fold also trained on {x['rows']} extra rows ({', '.join(x['files'])}), never validated "
+                        f"or scored; left out per fold as leaks of its validation part: {x['left_out_per_fold']}."]
+    return lines
 
 
 def _timing_lines(report: dict) -> list:

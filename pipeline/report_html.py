@@ -378,6 +378,11 @@ def run_page(view: RunView) -> str:
     sub = (f"<p class=muted>Model <code>{esc(c.get('model', {}).get('preset', '?'))}</code>, "
            f"{esc(c.get('cv', {}).get('n_folds', '?'))} folds, seed {esc(c.get('cv', {}).get('seed', '?'))}, "
            f"{view.report['n_rows']} training rows, competition {esc(c.get('data', {}).get('competition', '?'))}.</p>")
+    if "extra_train" in view.report:
+        x = view.report["extra_train"]
+        sub += (f"<p>Every fold also trained on {x['rows']} extra rows ({esc(', '.join(x['files']))}), never "
+                f"validated or scored; left out per fold as leaks of its validation part: "
+                f"{esc(x['left_out_per_fold'])}.</p>")
     return html.page(f"CV report: {view.name}", sub + "".join(parts))
 
 
