@@ -323,12 +323,13 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
                  cfg.data.fit_filter, int(fit_mask.sum()), len(fit_mask),
                  ", ".join(f"{n} {reason}" for reason, n in dropped.items()))
     identity = {"config_hash": cfg.short_hash(), "folds_hash": folds_digest(folds)}
+    leaks = extra.leaks(data, folds) if extra is not None else {}  # extra rows each fold leaves out
     if extra is not None:
         identity["extra_train_sha256"] = extra.digest
         if main:
             log.info("data.extra_train: %d extra rows join every fold's training part (never validation); "
                      "left out as leaks of a fold's validation part: %s per fold", len(extra),
-                     extra.summary(data, folds)["left_out_per_fold"])
+                     extra.summary(data, leaks)["left_out_per_fold"])
     if main:
         log.info("run directory %s: %d training rows, %d test rows, %d folds", run_dir, len(train_ids),
                  len(test_ids), n_folds)
@@ -350,7 +351,7 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
         if kind == "tfidf" and not main:
             accelerator.wait_for_everyone()  # nothing to share: the main process fits it alone
             continue
-        fold_mask = fit_mask if extra is None else extra.fit_mask(data, folds, fold, fit_mask)
+        fold_mask = fit_mask if extra is None else np.concatenate([fit_mask, ~leaks[fold]])
         result = _train_with_oom_retry(runner, train_cfg, fold, fit_folds, _fold_dir(run_dir, fold) / "checkpoint",
                                        status, adjustments, fold_mask)
         if main:
@@ -382,7 +383,7 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
         # nothing trained in this invocation (a rerun or --merge): keep the wall time of the run that did
         wall = json.loads((run_dir / "report.json").read_text()).get("timing", {}).get("wall_seconds", wall)
     out = assemble_run(cfg, run_dir, data, folds, results, wall,
-                       {} if extra is None else {"extra_train": extra.summary(data, folds)})
+                       {} if extra is None else {"extra_train": extra.summary(data, leaks)})
     status.update(force=True, phase="done", report=str(run_dir / "report.md"))
     return out
 

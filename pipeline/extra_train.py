@@ -39,29 +39,28 @@ class ExtraRows:
         """(n_real + n_extra,) the real rows' folds, then -1: no fold validates an extra row."""
         return np.concatenate([folds, np.full(len(self), -1, dtype=folds.dtype)])
 
-    def leaks(self, data: CompetitionData, folds: np.ndarray, fold: int) -> np.ndarray:
-        """(n_extra,) bool: the rows fold `fold` must not train on (its validation examples in their
-        prompt, or one of its validation texts as their text)."""
+    def leaks(self, data: CompetitionData, folds: np.ndarray) -> dict:
+        """{fold: (n_extra,) bool}: the rows each fold must not train on (its validation examples in their
+        prompt, or one of its validation texts as their text). Texts are normalised once for all folds."""
         from pipeline.synthetic.filters import dedup_key
         from pipeline.synthetic.files import leaky_rows
 
         comp = data.competition
-        val = folds == fold
-        shown = leaky_rows(self.frame, data.train[comp.id_col][val].astype(str))
-        val_texts = {dedup_key(t) for t, v in zip(data.train_texts, val) if v}
-        copied = np.array([dedup_key(t) in val_texts for t in self.frame[comp.text_col]], dtype=bool)
-        return shown | copied
+        real_keys = np.array([dedup_key(t) for t in data.train_texts], dtype=object)
+        extra_keys = [dedup_key(t) for t in self.frame[comp.text_col]]
+        ids = data.train[comp.id_col].astype(str)
+        out = {}
+        for fold in sorted(set(folds.tolist())):
+            val = folds == fold
+            held = set(real_keys[val])
+            out[fold] = leaky_rows(self.frame, ids[val]) | np.array([k in held for k in extra_keys], dtype=bool)
+        return out
 
-    def fit_mask(self, data: CompetitionData, folds: np.ndarray, fold: int, real_mask: np.ndarray) -> np.ndarray:
-        """(n_real + n_extra,) bool: the real rows' mask (data.fit_filter), then the extra rows this fold
-        may train on."""
-        return np.concatenate([real_mask, ~self.leaks(data, folds, fold)])
-
-    def summary(self, data: CompetitionData, folds: np.ndarray) -> dict:
+    def summary(self, data: CompetitionData, leaks: dict) -> dict:
         """What the report records: files, digest, rows, and per fold the rows left out as leaks."""
         return {"files": [str(f) for f in self.files], "sha256": self.digest, "rows": len(self),
                 "rows_per_label": dict(zip(data.label_cols, self.labels.sum(0).astype(int).tolist())),
-                "left_out_per_fold": [int(self.leaks(data, folds, k).sum()) for k in sorted(set(folds.tolist()))]}
+                "left_out_per_fold": [int(leaks[k].sum()) for k in sorted(leaks)]}
 
 
 def load_extra_rows(files, data: CompetitionData):
