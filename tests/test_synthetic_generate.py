@@ -218,3 +218,37 @@ def test_round_trip_filter_with_a_finished_run(tmp_path, dair_dir):
     frame, sidecar, _ = run(tmp_path, dair_dir, script, per_label=2, filter_run=str(tmp_path / "run"))
     assert sidecar["counts"]["filtered"] > 0 and sidecar["complete"] and len(frame) == 12
     assert frame["gen_filter_prob"].astype(float).gt(0).all()
+
+
+def test_a_finished_file_rerun_with_a_filter_replays_its_answers_and_tops_up(tmp_path, dair_dir):
+    """generate, then the same --out with a filter: answers whose prompt and seed still match are replayed,
+    only the requests the filter's refusals add are asked; another filter rescored, not replayed."""
+    whole, _, _ = run(tmp_path, dair_dir, good_answer, per_label=2)
+    marks = {}
+
+    def scorer(texts, asked):  # refuses the first row it sees of each class, once
+        out = []
+        for text, labels in zip(texts, asked):
+            first = labels[0] not in marks
+            marks.setdefault(labels[0], text)
+            out.append((not first, 0.2 if first else 0.8))
+        return out
+
+    calls = []
+    cfg = GenerateConfig(out=str(tmp_path / "out" / "syn.csv"), data_dir=str(dair_dir), competition="dair-emotion",
+                         per_label=2, filter_run=None)
+    sidecar = generate(cfg, backend_factory=lambda: ScriptedBackend(lambda n, m, s: calls.append(s) or
+                                                                    good_answer(n, m, s)), scorer=scorer)
+    frame = pd.read_csv(cfg.out, dtype=str)
+    assert sidecar["counts"]["filtered"] == 6 and sidecar["complete"] and len(frame) == 12
+    assert sidecar["answers_replayed_from_journal"] == 12 and len(calls) == 6  # 6 new requests, nothing re-asked
+    refused = set(marks.values())
+    assert refused <= set(whole["text"]) and not refused & set(frame["text"])
+    assert set(whole["text"]) - refused <= set(frame["text"])  # every unrefused row of the first file stays
+    assert frame["gen_filter_prob"].astype(float).eq(0.8).all()
+    # the scorer's verdicts are journalled: the same scorer replays them; a filter run by path is another filter
+    again = generate(cfg, backend_factory=lambda: ScriptedBackend(good_answer, fail_after=0),
+                     scorer=lambda texts, asked: pytest.fail("replayed scores were asked again"))
+    assert again["counts"]["filtered"] == 6
+    scores = [json.loads(line) for line in journal_path(cfg.out).read_text().splitlines() if '"score"' in line]
+    assert {s["filter"] for s in scores} == {"scorer"} and len(scores) == 18

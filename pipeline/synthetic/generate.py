@@ -83,11 +83,13 @@ class GenerateConfig:
 
     def fingerprint(self) -> dict:
         """The settings that decide what is asked and how it is sampled: a journal written with other ones is
-        not replayed. Caps and filters may change between sessions (every replayed answer is also checked
-        against its prompt and seed), so a stopped run can be finished early or extended."""
+        not replayed. Caps and filters may change between sessions, so a stopped run can be finished early or
+        extended, and a finished one rerun with `--filter-run`: a journalled answer is replayed only if its
+        prompt and seed match the request (a filter reopens labels, so later requests may differ; those are
+        asked again), and journalled scores only for the same filter run."""
         d = asdict(self)
         for key in ("out", "checkpoint_every", "threads", "max_requests", "max_retries", "min_words", "max_words",
-                    "near_dup_threshold"):
+                    "near_dup_threshold", "filter_run"):
             d.pop(key)
         d["labels"], d["labels_per_example"] = list(self.labels), list(self.labels_per_example)
         return d
@@ -179,208 +181,259 @@ def generate(cfg: GenerateConfig, backend_factory: Optional[Callable] = None, pr
     preset's backend); scorer: the round-trip filter, (texts, asked) -> [(agree, prob)] (default: built
     from cfg.filter_run); progress: a tqdm-like factory or None.
     """
-    from pipeline.config import DataConfig
-    from pipeline.data import load_competition_data
     from pipeline.synthetic.backends import generator_for, make_backend
-    from pipeline.synthetic.prompts import Planner
 
     cfg.validate()
-    started = time.perf_counter()
     if backend_factory is None:
         generator_for(cfg.model)  # a preset that cannot generate is refused before the data is read
         backend_factory = lambda: make_backend(cfg.model, cfg.model_path, cfg.threads)  # noqa: E731
-    data = load_competition_data(DataConfig(competition=cfg.competition, data_dir=cfg.data_dir))
-    comp = data.competition
-    multilabel = comp.task == "multilabel"
-    if not multilabel and tuple(cfg.labels_per_example) not in ((), (1, 1)):
-        raise ConfigError(f"labels_per_example is for multilabel competitions; {comp.name} has one class per row")
-    targets = _target_labels(cfg, data.label_cols, comp.name)
-    if scorer is None and cfg.filter_run:
-        scorer = RoundTrip(Path(cfg.filter_run), comp.name, data.label_cols)
-    out = Path(cfg.out)
-    cap = cfg.max_requests or 3 * cfg.per_label * len(targets)
-    style = TextStyle.of(data.train_texts)
-    planner = Planner(data.label_cols, multilabel, data.train_ids, data.train_texts, data.labels, cfg.seed,
-                      cfg.examples, tuple(cfg.labels_per_example or (1, 2)) if multilabel else (1, 1))
+    return _Generation(cfg, backend_factory, scorer).run(progress)
 
-    near = NearDupIndex(cfg.near_dup_threshold)
-    train_name, test_name = " + ".join(comp.train_files), comp.test_file
-    near.add_many([f"{train_name}:{i}" for i in data.train_ids], data.train_texts)
-    near.add_many([f"{test_name}:{i}" for i in data.test_ids], data.test_texts)
-    real_keys: dict = {}
-    for where, ids, texts in ((train_name, data.train_ids, data.train_texts),
-                              (test_name, data.test_ids, data.test_texts)):
-        for i, t in zip(ids, texts):
-            real_keys.setdefault(dedup_key(normalise(t, style)), f"{where}:{i}")
 
-    journal = Journal(journal_path(out), cfg.fingerprint())
-    resumed = len(journal.answers)
-    if resumed:
-        log.info("resuming from %s: %d answers and %d scores recorded", journal.path, resumed, len(journal.scores))
-    backend, backend_info = None, {}
-    counts = Counts(targets)
-    candidates = {n: 0 for n in targets}  # rows past dedup and not (yet) refused by the filter
-    rows: list = []
-    seen: dict = {}
-    unscored: list = []
-    session_s = 0.0
-    bar = progress(total=cfg.per_label * len(targets), desc="kept rows") if progress else None
+class _KnownTexts:
+    """The texts a new synthetic one is checked against: `real_keys`, the normalised real train and test
+    texts (exact copies); `near`, a MinHash index of those and of every synthetic text kept so far."""
 
-    def ask(request, attempt, seed):
-        nonlocal backend, backend_info, session_s
-        rec = journal.answers.get((request.index, attempt))
-        if rec is None:
-            if backend is None:
-                log.info("loading the %s generator", cfg.model)
-                backend = backend_factory()
-                backend_info = {"backend": backend.name, "model": backend.model, "constrained": backend.constrained}
-            t0 = time.perf_counter()
-            answer = backend.generate(request.messages, request.schema, seed, cfg.temperature, cfg.top_p,
-                                      cfg.max_new_tokens)
-            session_s += time.perf_counter() - t0
-            rec = {"request": request.index, "attempt": attempt, "seed": seed, "labels": list(request.labels),
-                   "prompt_sha1": _prompt_sha1(request.messages), "backend": backend.name, "model": backend.model,
-                   "text": answer.text, "finish": answer.finish_reason}
-            journal.add_answer(rec)
-            if journal.dirty >= cfg.checkpoint_every:
-                journal.save(journal.elapsed_s + session_s)
-        elif rec.get("prompt_sha1") != _prompt_sha1(request.messages) or rec.get("seed") != seed:
-            raise ConfigError(f"{journal.path} does not match this run: request {request.index}, attempt {attempt} "
-                              f"was asked with another prompt or seed (was the prompt code changed?); delete it to "
-                              f"start over")
+    def __init__(self, data, style: TextStyle, threshold: float):
+        comp = data.competition
+        self.near = NearDupIndex(threshold)
+        self.real_keys: dict = {}
+        for where, ids, texts in ((" + ".join(comp.train_files), data.train_ids, data.train_texts),
+                                  (comp.test_file, data.test_ids, data.test_texts)):
+            self.near.add_many([f"{where}:{i}" for i in ids], texts)
+            for i, t in zip(ids, texts):
+                self.real_keys.setdefault(dedup_key(normalise(t, style)), f"{where}:{i}")
+
+
+class _Generation:
+    """One generate() call: the request loop over the journal, every answer's stages, the filter, the sidecar."""
+
+    def __init__(self, cfg: GenerateConfig, backend_factory: Callable, scorer: Optional[Callable]):
+        from pipeline.config import DataConfig
+        from pipeline.data import load_competition_data
+        from pipeline.synthetic.prompts import Planner
+
+        self.cfg, self.backend_factory, self.started = cfg, backend_factory, time.perf_counter()
+        self.data = data = load_competition_data(DataConfig(competition=cfg.competition, data_dir=cfg.data_dir))
+        comp = data.competition
+        self.multilabel = comp.task == "multilabel"
+        if not self.multilabel and tuple(cfg.labels_per_example) not in ((), (1, 1)):
+            raise ConfigError(f"labels_per_example is for multilabel competitions; {comp.name} has one class per row")
+        self.targets = _target_labels(cfg, data.label_cols, comp.name)
+        if scorer is None and cfg.filter_run:
+            scorer = RoundTrip(Path(cfg.filter_run), comp.name, data.label_cols)
+        self.scorer = scorer
+        # scores are journalled per filter: another --filter-run rescored, not replayed
+        self.filter_key = str(Path(cfg.filter_run).resolve()) if cfg.filter_run else "scorer"
+        self.out = Path(cfg.out)
+        self.cap = cfg.max_requests or 3 * cfg.per_label * len(self.targets)
+        self.style = TextStyle.of(data.train_texts)
+        self.planner = Planner(data.label_cols, self.multilabel, data.train_ids, data.train_texts, data.labels,
+                               cfg.seed, cfg.examples,
+                               tuple(cfg.labels_per_example or (1, 2)) if self.multilabel else (1, 1))
+        self.known = _KnownTexts(data, self.style, cfg.near_dup_threshold)
+        self.journal = Journal(journal_path(self.out), cfg.fingerprint())
+        self.resumed = len(self.journal.answers)
+        if self.resumed:
+            log.info("resuming from %s: %d answers and %d scores recorded", self.journal.path, self.resumed,
+                     len(self.journal.scores))
+        self.backend, self.backend_info = None, {}
+        self.counts = Counts(self.targets)
+        self.candidates = {n: 0 for n in self.targets}  # rows past dedup and not (yet) refused by the filter
+        self.rows: list = []
+        self.seen: dict = {}
+        self.unscored: list = []
+        self.reasked = 0  # journalled answers to another prompt (the run took another turn), asked again
+        self.session_s = 0.0
+        self.bar = None
+
+    def run(self, progress: Optional[Callable]) -> dict:
+        cfg = self.cfg
+        self.bar = progress(total=cfg.per_label * len(self.targets), desc="kept rows") if progress else None
+        try:
+            self._loop()
+        finally:
+            if self.journal.dirty:
+                self.journal.save(self.journal.elapsed_s + self.session_s)
+            if self.bar:
+                self.bar.close()
+        if self.reasked:
+            log.info("%d journalled answers were to other prompts (an earlier session without this filter took "
+                     "another turn) and were asked again", self.reasked)
+        kept = [r for r in self.rows if not r.get("dropped")]
+        if not kept:
+            c = self.counts
+            raise ConfigError(f"no row survived generation ({c.total['answers']} answers, {c.total['invalid']} "
+                              f"invalid: {', '.join(f'{k} {v}' for k, v in c.invalid.items() if v)}); "
+                              f"see {self.journal.path}")
+        frame = synthetic_frame(kept, self.data.competition, self.data.label_cols, self.scorer is not None)
+        sidecar = self._sidecar(kept, frame)
+        write_outputs(self.out, frame, sidecar)
+        if sidecar["short_of_target"]:
+            log.warning("request cap %d reached before every label had %d rows: %s (raise --max-requests)", self.cap,
+                        cfg.per_label, ", ".join(f"{n} {k}" for n, k in sidecar["short_of_target"].items()))
+        return sidecar
+
+    def _loop(self) -> None:
+        """Ask for the open label with the next turn until every label has its rows or the cap is reached;
+        the filter scores the new rows whenever the rest looks done, which may reopen labels."""
+        index, turn, targets = 0, -1, self.targets
+        while True:
+            open_labels = [n for n in targets if self.candidates[n] < self.cfg.per_label]
+            if not open_labels or index >= self.cap:
+                if self.scorer is not None and self.unscored:
+                    self._run_filter()
+                    continue
+                return
+            turn = next(k for k in range(turn + 1, turn + 1 + len(targets)) if targets[k % len(targets)] in open_labels)
+            primary = targets[turn % len(targets)]
+            request = self.planner.request(index, primary)
+            self.counts.add("asked", primary)
+            answer = self._valid_answer(request, primary)
+            if answer is None:
+                self.counts.add("failed", primary)
+            else:
+                self._place(*answer, request, primary)
+            index += 1
+
+    def _valid_answer(self, request, primary: str):
+        """(parsed, record) of the first valid answer in 1 + max_retries attempts, else None; every invalid
+        one is counted by reason."""
+        cfg, counts = self.cfg, self.counts
+        for attempt in range(cfg.max_retries + 1):
+            rec = self._ask(request, attempt, attempt_seed(cfg.seed, request.index, attempt))
+            counts.add("answers", primary)
+            obj, reason = extract_json(rec["text"])
+            if obj is not None:
+                parsed = validate(obj, request.labels, self.data.label_cols, self.multilabel,
+                                  lambda t: normalise(t, self.style), cfg.min_words, cfg.max_words)
+                if parsed.reason is None:
+                    return parsed, rec
+                reason, detail = parsed.reason, parsed.detail
+            else:
+                detail = rec["text"][-120:]
+            counts.add("invalid", primary)
+            counts.invalid[reason] += 1
+            counts.note(reason, request.index, detail)
+        return None
+
+    def _ask(self, request, attempt: int, seed: int) -> dict:
+        """The journalled answer to this prompt and seed, else the model's (loaded at the first such call)."""
+        rec = self.journal.answers.get((request.index, attempt))
+        if rec is not None and rec.get("prompt_sha1") == _prompt_sha1(request.messages) and rec.get("seed") == seed:
+            return rec
+        if rec is not None:
+            self.reasked += 1
+        if self.backend is None:
+            log.info("loading the %s generator", self.cfg.model)
+            self.backend = backend = self.backend_factory()
+            self.backend_info = {"backend": backend.name, "model": backend.model, "constrained": backend.constrained}
+        cfg, t0 = self.cfg, time.perf_counter()
+        answer = self.backend.generate(request.messages, request.schema, seed, cfg.temperature, cfg.top_p,
+                                       cfg.max_new_tokens)
+        self.session_s += time.perf_counter() - t0
+        rec = {"request": request.index, "attempt": attempt, "seed": seed, "labels": list(request.labels),
+               "prompt_sha1": _prompt_sha1(request.messages), "backend": self.backend.name,
+               "model": self.backend.model, "text": answer.text, "finish": answer.finish_reason}
+        self.journal.add_answer(rec)
+        if self.journal.dirty >= cfg.checkpoint_every:
+            self.journal.save(self.journal.elapsed_s + self.session_s)
         return rec
 
-    def run_filter():
-        batch = [r for r in unscored if r["id"] not in journal.scores]
+    def _place(self, parsed, rec: dict, request, primary: str) -> None:
+        """Count a valid answer as an exact duplicate, a copy of a real text, a near-duplicate, or keep it."""
+        counts, index, text = self.counts, request.index, parsed.text
+        counts.add("parsed", primary)
+        key = dedup_key(text)
+        match = self.known.near.find(text)
+        if key in self.seen:
+            counts.add("duplicates", primary)
+            counts.note("duplicates", index, f"{text!r} = {self.seen[key]}")
+        elif key in self.known.real_keys or (match and not match[0].startswith(ID_PREFIX)):
+            counts.add("near_real", primary)
+            what = self.known.real_keys.get(key) or f"{match[0]} (similarity {match[1]:.2f})"
+            counts.note("near_real", index, f"{text!r} ~ {what}")
+        elif match:
+            counts.add("near_duplicates", primary)
+            counts.note("near_duplicates", index, f"{text!r} ~ {match[0]} (similarity {match[1]:.2f})")
+        else:
+            row_id = f"{ID_PREFIX}{index:06d}"
+            row = {"id": row_id, "text": text, "labels": parsed.labels, "primary": primary,
+                   "gen_backend": rec["backend"], "gen_model": rec["model"], "gen_seed": rec["seed"],
+                   "gen_temperature": self.cfg.temperature, **{f"gen_{k}": v for k, v in request.attributes.items()},
+                   "gen_examples": ";".join(request.example_ids), "gen_request": index,
+                   "gen_attempt": rec["attempt"], "gen_filter_prob": None}
+            self.known.near.add(row_id, text)
+            self.rows.append(row)
+            self.candidates[primary] += 1
+            counts.add("kept", primary)
+            if self.scorer is not None:
+                self.unscored.append(row)
+            if self.bar:
+                t = counts.total
+                self.bar.update(1)
+                self.bar.set_postfix(answers=t["answers"], invalid=t["invalid"],
+                                     dup=t["duplicates"] + t["near_duplicates"] + t["near_real"])
+        self.seen.setdefault(key, f"request {index}")
+
+    def _run_filter(self) -> None:
+        """Score the rows kept since the last call (journalled scores of the same filter are replayed) and
+        drop those the filter disagrees with."""
+        journal, counts = self.journal, self.counts
+
+        def recorded(row):
+            rec = journal.scores.get(row["id"])
+            return rec if rec is not None and rec.get("filter", "scorer") == self.filter_key else None
+
+        batch = [r for r in self.unscored if recorded(r) is None]
         if batch:
-            log.info("round-trip filter: scoring %d rows with %s", len(batch), cfg.filter_run)
+            log.info("round-trip filter: scoring %d rows with %s", len(batch), self.cfg.filter_run)
             t0 = time.perf_counter()
-            for row, (agree, prob) in zip(batch, scorer([r["text"] for r in batch], [r["labels"] for r in batch])):
-                journal.add_score({"id": row["id"], "agree": agree, "prob": round(prob, 6)})
-            nonlocal session_s
-            session_s += time.perf_counter() - t0
-            journal.save(journal.elapsed_s + session_s)
-        for row in unscored:
-            score = journal.scores[row["id"]]
+            for row, (agree, prob) in zip(batch, self.scorer([r["text"] for r in batch], [r["labels"] for r in batch])):
+                journal.add_score({"id": row["id"], "filter": self.filter_key, "agree": agree, "prob": round(prob, 6)})
+            self.session_s += time.perf_counter() - t0
+            journal.save(journal.elapsed_s + self.session_s)
+        for row in self.unscored:
+            score = recorded(row)
             row["gen_filter_prob"] = score["prob"]
             if not score["agree"]:
                 counts.add("filtered", row["primary"])
                 counts.add("kept", row["primary"], -1)
-                candidates[row["primary"]] -= 1
+                self.candidates[row["primary"]] -= 1
                 counts.note("filtered", row["gen_request"], f"{row['labels']}: {row['text']}")
                 row["dropped"] = True
-                if bar:
-                    bar.update(-1)
-        unscored.clear()
+                if self.bar:
+                    self.bar.update(-1)
+        self.unscored.clear()
 
-    index, turn = 0, -1
-    try:
-        while True:
-            open_labels = [n for n in targets if candidates[n] < cfg.per_label]
-            if not open_labels or index >= cap:
-                if scorer is not None and unscored:
-                    run_filter()
-                    continue
-                break
-            turn = next(k for k in range(turn + 1, turn + 1 + len(targets)) if targets[k % len(targets)] in open_labels)
-            primary = targets[turn % len(targets)]
-            request = planner.request(index, primary)
-            counts.add("asked", primary)
-            parsed = None
-            for attempt in range(cfg.max_retries + 1):
-                seed = attempt_seed(cfg.seed, index, attempt)
-                rec = ask(request, attempt, seed)
-                counts.add("answers", primary)
-                obj, reason = extract_json(rec["text"])
-                if obj is not None:
-                    parsed = validate(obj, request.labels, data.label_cols, multilabel,
-                                      lambda t: normalise(t, style), cfg.min_words, cfg.max_words)
-                    reason, detail = parsed.reason, parsed.detail
-                else:
-                    detail = rec["text"][-120:]
-                if reason is None:
-                    break
-                parsed = None
-                counts.add("invalid", primary)
-                counts.invalid[reason] += 1
-                counts.note(reason, index, detail)
-            if parsed is None:
-                counts.add("failed", primary)
-                index += 1
-                continue
-            counts.add("parsed", primary)
-            key = dedup_key(parsed.text)
-            match = near.find(parsed.text)
-            if key in seen:
-                counts.add("duplicates", primary)
-                counts.note("duplicates", index, f"{parsed.text!r} = {seen[key]}")
-            elif key in real_keys or (match and not match[0].startswith(ID_PREFIX)):
-                counts.add("near_real", primary)
-                what = real_keys.get(key) or f"{match[0]} (similarity {match[1]:.2f})"
-                counts.note("near_real", index, f"{parsed.text!r} ~ {what}")
-            elif match:
-                counts.add("near_duplicates", primary)
-                counts.note("near_duplicates", index, f"{parsed.text!r} ~ {match[0]} (similarity {match[1]:.2f})")
-            else:
-                row_id = f"{ID_PREFIX}{index:06d}"
-                row = {"id": row_id, "text": parsed.text, "labels": parsed.labels, "primary": primary,
-                       "gen_backend": rec["backend"], "gen_model": rec["model"], "gen_seed": rec["seed"],
-                       "gen_temperature": cfg.temperature, **{f"gen_{k}": v for k, v in request.attributes.items()},
-                       "gen_examples": ";".join(request.example_ids), "gen_request": index,
-                       "gen_attempt": rec["attempt"], "gen_filter_prob": None}
-                near.add(row_id, parsed.text)
-                rows.append(row)
-                candidates[primary] += 1
-                counts.add("kept", primary)
-                if scorer is not None:
-                    unscored.append(row)
-                if bar:
-                    bar.update(1)
-                    bar.set_postfix(answers=counts.total["answers"], invalid=counts.total["invalid"],
-                                    dup=counts.total["duplicates"] + counts.total["near_duplicates"] +
-                                    counts.total["near_real"])
-            seen.setdefault(key, f"request {index}")
-            index += 1
-    finally:
-        if journal.dirty:
-            journal.save(journal.elapsed_s + session_s)
-        if bar:
-            bar.close()
-
-    kept = [r for r in rows if not r.get("dropped")]
-    if not kept:
-        raise ConfigError(f"no row survived generation ({counts.total['answers']} answers, {counts.total['invalid']} "
-                          f"invalid: {', '.join(f'{k} {v}' for k, v in counts.invalid.items() if v)}); "
-                          f"see {journal.path}")
-    frame = synthetic_frame(kept, comp, data.label_cols, scorer is not None)
-    generation_s = journal.elapsed_s + session_s
-    short = {n: candidates[n] for n in targets if candidates[n] < cfg.per_label}
-    texts = [r["text"] for r in kept]
-    reference_rows = np.flatnonzero(data.labels[:, [data.label_cols.index(n) for n in targets]].any(1))
-    reference = [data.train_texts[i] for i in reference_rows]
-    sidecar = {
-        "file": str(out), "competition": comp.name, "task": comp.task, "complete": not short,
-        "short_of_target": short, "settings": {**cfg.fingerprint(), "threads": cfg.threads},
-        "backend": backend_info or _recorded_backend(journal), "request_cap": cap,
-        "normalisation": asdict(style),
-        "counts": {**counts.total, "retries": counts.total["answers"] - counts.total["asked"],
-                   "invalid_by_reason": {k: v for k, v in counts.invalid.items() if v}},
-        "per_label": counts.per_label,
-        "label_positives": {n: int(frame[n].sum()) if not comp.label_col else int((frame[comp.label_col] == n).sum())
-                            for n in data.label_cols},
-        "diversity": diversity(texts, seed=cfg.seed),
-        "diversity_real": diversity(reference, sample=len(texts), seed=cfg.seed),
-        "real_examples_shown": len({i for r in kept for i in r["gen_examples"].split(";") if i}),
-        "generation_s": round(generation_s, 1), "wall_s_this_session": round(time.perf_counter() - started, 1),
-        "answers_replayed_from_journal": resumed,
-        "kept_rows_per_s": round(len(kept) / generation_s, 3) if generation_s else None,
-        "rejected_examples": counts.examples, "journal": str(journal.path),
-    }
-    write_outputs(out, frame, sidecar)
-    if short:
-        log.warning("request cap %d reached before every label had %d rows: %s (raise --max-requests)", cap,
-                    cfg.per_label, ", ".join(f"{n} {k}" for n, k in short.items()))
-    return sidecar
+    def _sidecar(self, kept: list, frame) -> dict:
+        cfg, data, counts, journal = self.cfg, self.data, self.counts, self.journal
+        comp, targets = data.competition, self.targets
+        generation_s = journal.elapsed_s + self.session_s
+        short = {n: self.candidates[n] for n in targets if self.candidates[n] < cfg.per_label}
+        texts = [r["text"] for r in kept]
+        reference_rows = np.flatnonzero(data.labels[:, [data.label_cols.index(n) for n in targets]].any(1))
+        reference = [data.train_texts[i] for i in reference_rows]
+        return {
+            "file": str(self.out), "competition": comp.name, "task": comp.task, "complete": not short,
+            "short_of_target": short, "settings": {**cfg.fingerprint(), "filter_run": cfg.filter_run,
+                                                   "threads": cfg.threads},
+            "backend": self.backend_info or _recorded_backend(journal), "request_cap": self.cap,
+            "normalisation": asdict(self.style),
+            "counts": {**counts.total, "retries": counts.total["answers"] - counts.total["asked"],
+                       "invalid_by_reason": {k: v for k, v in counts.invalid.items() if v},
+                       "answers_asked_again": self.reasked},
+            "per_label": counts.per_label,
+            "label_positives": {n: int(frame[n].sum()) if not comp.label_col else
+                                int((frame[comp.label_col] == n).sum()) for n in data.label_cols},
+            "diversity": diversity(texts, seed=cfg.seed),
+            "diversity_real": diversity(reference, sample=len(texts), seed=cfg.seed),
+            "real_examples_shown": len({i for r in kept for i in r["gen_examples"].split(";") if i}),
+            "generation_s": round(generation_s, 1), "wall_s_this_session": round(time.perf_counter() - self.started, 1),
+            "answers_replayed_from_journal": self.resumed,
+            "kept_rows_per_s": round(len(kept) / generation_s, 3) if generation_s else None,
+            "rejected_examples": counts.examples, "journal": str(journal.path),
+        }
 
 
 def _prompt_sha1(messages: list) -> str:
