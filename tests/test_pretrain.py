@@ -218,3 +218,40 @@ def test_gguf_backed_smollm2_pretrains_and_its_folder_replaces_the_gguf(tmp_path
     assert folder_tok.pad_token_id == gguf_tok.pad_token_id
     model, _ = build_model(ModelConfig(preset="smollm2-135m", path=str(out)), 4)
     assert model.base_model.model.backbone.config.num_hidden_layers == 30
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_masked_lm_loss_on_masked_positions_only_equals_the_models_own(comp_dir, lora):
+    """lm_loss runs the MLM head on the masked positions only; the loss and its gradients equal the full
+    model(**batch).loss, with and without LoRA adapters; a batch with nothing masked gives 0, not nan."""
+    from accelerate.utils import set_seed
+    from transformers import DataCollatorForLanguageModeling
+
+    from pipeline.models import load_tokenizer
+    from pipeline.presets import settings
+    from pipeline.pretrain import _with_lora, lm_loss
+
+    sets = [f"data.data_dir={comp_dir}", "model.preset=tiny-encoder"]
+    if lora:
+        sets += ["model.finetune=lora", "model.lora_targets=[query,value]"]
+    cfg = load_config(None, sets)
+    set_seed(0)
+    tokenizer = load_tokenizer(cfg.model)
+    lm, fresh = load_language_model(cfg, tokenizer)
+    model = _with_lora(lm, settings(cfg.model), fresh) if lora else lm
+    model.eval()  # no dropout: the two computations must see the same network
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.3)
+    texts = ["so happy today", "this is the worst day of my whole life", "fine"]
+    batch = collator([{"input_ids": tokenizer(t)["input_ids"]} for t in texts])
+    assert (batch["labels"] != -100).any()
+    ours = lm_loss(model, batch, causal=False)
+    ours.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    theirs = model(**batch).loss
+    theirs.backward()
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert grads and all(torch.allclose(g, p.grad, atol=1e-6) for n, p in model.named_parameters()
+                         if (g := grads.get(n)) is not None)
+    batch["labels"][:] = -100
+    assert float(lm_loss(model, batch, causal=False).detach()) == 0.0
