@@ -8,8 +8,9 @@ import pytest
 from pipeline.config import RunConfig, from_dict, load_config, read_saved_config, save_config, validate
 from pipeline.errors import ConfigError
 
-# run configs (study grids in configs/studies/ are checked by tests/test_study.py)
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if "studies" not in p.parts)
+# run configs (study grids in configs/studies/ are checked by tests/test_study.py, recipes in configs/recipes/ by
+# tests/test_recipe.py)
+CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if not {"studies", "recipes"} & set(p.parts))
 
 
 def test_defaults_are_valid():

@@ -1,0 +1,534 @@
+"""Recipes (`run_recipe.py`): a declared sequence of pretrainings, K-fold runs and one ensemble, run in order
+through the ordinary entry points (pretrain.py, run_cv.py, make_submission.py), so every step is a command a user
+could type and every step resumes as that command does.
+
+Recipe directory (default runs/recipes/<name>): models/<name>/ (pretrain.py outputs), runs/<name>/ (run
+directories, all with the recipe's folds and seed), submission.csv (+ .json, .html, ledger.csv beside it), and
+recipe.json (written after every step: each step's status, command and wall time, each run's and the ensemble's
+OOF figures). A rerun of the same command skips finished steps.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import logging
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from pipeline.cli import _guard, _setup_logging
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.io import atomic_write_json
+
+log = logging.getLogger("pipeline")
+
+RECORD = "recipe.json"  # written into the recipe directory after every step
+SUBMISSION = "submission.csv"  # the ensemble's submission, in the recipe directory
+# what every step of a recipe shares: the recipe's folds, seed and competition keys and --data-dir set them
+SHARED_KEYS = ("cv.n_folds", "cv.seed", "data.competition", "data.data_dir")
+REF_PREFIXES = ("pretrained:", "run:")  # a `set` value naming another step's output folder
+
+
+@dataclass(frozen=True)
+class PretrainStep:
+    name: str  # folder name under <recipe_dir>/models/
+    model: str  # encoder or decoder preset (pipeline/presets.py)
+    epochs: int = 3  # passes over the competition's train + test texts
+    set: tuple = ()  # `section.key=value` overrides of this pretraining
+
+
+@dataclass(frozen=True)
+class RunStep:
+    name: str  # folder name under <recipe_dir>/runs/
+    model: Optional[str] = None  # preset; None = the config file's (or minilm-l6)
+    config: Optional[str] = None  # run-config YAML, relative to the current directory; None = defaults
+    set: tuple = ()  # `section.key=value` overrides; a value `pretrained:<name>` or `run:<name>` is that folder
+
+
+@dataclass(frozen=True)
+class EnsembleStep:
+    runs: tuple  # names of the runs averaged (matched by id)
+    weights: str = "equal"  # 'equal' or 'auto' (searched on OOF by ensemble selection)
+
+
+@dataclass
+class Recipe:
+    name: str  # default recipe directory runs/recipes/<name>
+    source: str  # the recipe file (named in every error)
+    competition: str = "emotion-detection-fall-2024"  # competition definition of every step
+    folds: int = 5  # K of every run (same folds for all: same data, K and seed)
+    seed: int = 42  # seed of every pretraining and run
+    set: tuple = ()  # `section.key=value` overrides for every run, before each run's own
+    pretrain: list = field(default_factory=list)  # PretrainStep entries, run first, in order
+    runs: list = field(default_factory=list)  # RunStep entries, in order
+    ensemble: Optional[EnsembleStep] = None  # averaged into the submission
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of a recipe: `python <entry> <argv>`."""
+    kind: str  # 'pretrain', 'run' or 'ensemble'
+    name: str  # the pretrain or run name ('ensemble' for the ensemble)
+    key: str  # where the recipe declares it, e.g. 'runs[1]' (for messages)
+    entry: str  # 'pretrain.py', 'run_cv.py' or 'make_submission.py'
+    argv: tuple  # the entry's arguments
+    output: str  # the folder or file it writes
+    uses: tuple = ()  # pretrain names whose output it starts from
+
+    @property
+    def command(self) -> str:
+        return shlex.join(["python", self.entry, *self.argv])
+
+
+def _close(name: str, options) -> str:
+    match = difflib.get_close_matches(str(name), [str(o) for o in options], n=1)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _plain_name(value) -> bool:
+    return isinstance(value, str) and bool(value) and "/" not in value and not value.startswith(".")
+
+
+def _unknown(key: str, entry: dict, known: list, problems: list) -> None:
+    for k in entry:
+        if k not in known:
+            problems.append(f"{key}: unknown key '{k}'{_close(k, known)}; valid keys: {', '.join(known)}")
+
+
+def _overrides(key: str, value, problems: list) -> tuple:
+    """`set` as a mapping {section.key: value} or a list of 'section.key=value' strings -> the strings."""
+    if value is None:
+        return ()
+    if isinstance(value, dict):
+        # non-strings as JSON, which the run config reads back as YAML (true, null, 3e-05, [q, v])
+        return tuple(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items())
+    if isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value):
+        return tuple(value)
+    problems.append(f"{key} must be a mapping of section.key: value (or a list of 'section.key=value'), got {value!r}")
+    return ()
+
+
+def _int(key: str, value, low: int, problems: list) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        problems.append(f"{key} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _shared(key: str, overrides: tuple, forbidden: tuple, problems: list) -> None:
+    for item in overrides:
+        name = item.split("=", 1)[0].strip()
+        if name in forbidden:
+            problems.append(f"{key}: {name} is the same for every step of a recipe: set it with the recipe's "
+                            f"folds, seed and competition keys or --data-dir"
+                            + (" (data.max_rows in the top-level set)" if name == "data.max_rows" else ""))
+
+
+def _references(key: str, overrides: tuple, pretrains: list, runs: list, problems: list) -> None:
+    """Each `pretrained:<name>` / `run:<name>` value must name a pretraining or an earlier run."""
+    for item in overrides:
+        value = item.split("=", 1)[1]
+        if value.startswith("pretrained:") and value[len("pretrained:"):] not in pretrains:
+            name = value[len("pretrained:"):]
+            problems.append(f"{key}: '{value}' names no pretrain step{_close(name, pretrains)}; declared: "
+                            f"{', '.join(pretrains) or 'none'}")
+        if value.startswith("run:") and value[len("run:"):] not in runs:
+            name = value[len("run:"):]
+            problems.append(f"{key}: '{value}' names no run declared before this one{_close(name, runs)}; "
+                            f"declared before: {', '.join(runs) or 'none'}")
+
+
+def _entries(raw: dict, section: str, problems: list) -> list:
+    value = raw.get(section, [])
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
+        problems.append(f"{section} must be a list of mappings, got {value!r}")
+        return []
+    return value
+
+
+def parse_recipe(raw, source: str = "recipe") -> Recipe:
+    """A Recipe from a YAML mapping; every problem (unknown key, bad value, undeclared reference, missing
+    config file) is collected and raised once as a ConfigError naming `source` and each key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source} must be a mapping of recipe keys, got {type(raw).__name__}")
+    known = ["name", "competition", "folds", "seed", "set", "pretrain", "runs", "ensemble"]
+    problems: list = []
+    _unknown("recipe", raw, known, problems)
+    recipe = Recipe(name=raw.get("name", Path(source).stem), source=source)
+    if not _plain_name(recipe.name):
+        problems.append(f"name must be a plain folder name, got {recipe.name!r}")
+    recipe.competition = raw.get("competition", recipe.competition)
+    if not isinstance(recipe.competition, str):
+        problems.append(f"competition must be a competition name, got {recipe.competition!r}")
+    recipe.folds = _int("folds", raw.get("folds", recipe.folds), 2, problems)
+    recipe.seed = _int("seed", raw.get("seed", recipe.seed), 0, problems)
+    recipe.set = _overrides("set", raw.get("set"), problems)
+    _shared("set", recipe.set, SHARED_KEYS, problems)
+    problems += [f"set: '{s}' names no pretrain or run here (use it in a run's own set)" for s in recipe.set
+                 if s.split("=", 1)[1].startswith(REF_PREFIXES)]
+    for i, entry in enumerate(_entries(raw, "pretrain", problems)):
+        key = f"pretrain[{i}]"
+        _unknown(key, entry, ["name", "model", "epochs", "set"], problems)
+        problems += [f"{key}.{k} is required" for k in ("name", "model") if k not in entry]
+        step = PretrainStep(entry.get("name", ""), entry.get("model", ""),
+                            _int(f"{key}.epochs", entry.get("epochs", 3), 1, problems),
+                            _overrides(f"{key}.set", entry.get("set"), problems))
+        _shared(f"{key}.set", step.set, SHARED_KEYS, problems)
+        _references(f"{key}.set", step.set, [p.name for p in recipe.pretrain], [], problems)
+        recipe.pretrain.append(step)
+    pretrains = [p.name for p in recipe.pretrain]
+    runs = _entries(raw, "runs", problems)
+    if not runs:
+        problems.append("runs must list at least one run")
+    for i, entry in enumerate(runs):
+        key = f"runs[{i}]"
+        _unknown(key, entry, ["name", "model", "config", "set"], problems)
+        if "name" not in entry:
+            problems.append(f"{key}.name is required")
+        step = RunStep(entry.get("name", ""), entry.get("model"), entry.get("config"),
+                       _overrides(f"{key}.set", entry.get("set"), problems))
+        if step.config is not None and not Path(str(step.config)).is_file():
+            problems.append(f"{key}.config: file {step.config} does not exist (paths are relative to the current "
+                            f"directory)")
+        _shared(f"{key}.set", step.set, SHARED_KEYS + ("data.max_rows",), problems)
+        _references(f"{key}.set", step.set, pretrains, [r.name for r in recipe.runs], problems)
+        recipe.runs.append(step)
+    names = [r.name for r in recipe.runs]
+    for what, listed in (("pretrain", pretrains), ("run", names)):
+        problems += [f"{what} name {n!r} must be a plain folder name" for n in listed if n and not _plain_name(n)]
+        problems += [f"{what} name '{n}' appears twice" for n in sorted(set(listed)) if listed.count(n) > 1]
+    ensemble = raw.get("ensemble", {}) or {}
+    if not isinstance(ensemble, dict):
+        problems.append(f"ensemble must be a mapping with 'runs' and 'weights', got {ensemble!r}")
+        ensemble = {}
+    _unknown("ensemble", ensemble, ["runs", "weights"], problems)
+    members = ensemble.get("runs", names)
+    if not isinstance(members, list) or not members:
+        problems.append(f"ensemble.runs must be a non-empty list of run names, got {members!r}")
+        members = []
+    problems += [f"ensemble.runs: '{m}' names no run{_close(m, names)}; declared: {', '.join(names)}"
+                 for m in members if m not in names]
+    weights = ensemble.get("weights", "equal")
+    if weights not in ("equal", "auto"):
+        problems.append(f"ensemble.weights must be equal or auto, got {weights!r}")
+    recipe.ensemble = EnsembleStep(tuple(members), weights)
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    return recipe
+
+
+def load_recipe(path) -> Recipe:
+    """The Recipe in a YAML file; a missing file, bad YAML or bad recipe is a one-line ConfigError."""
+    from pipeline.config import read_yaml
+
+    return parse_recipe(read_yaml(str(path), "recipe file"), str(path))
+
+
+def default_recipe_dir(recipe: Recipe) -> Path:
+    return Path("runs") / "recipes" / recipe.name
+
+
+def _resolve(overrides: tuple, recipe_dir: Path) -> tuple:
+    """Overrides with `pretrained:<name>` and `run:<name>` values replaced by those steps' folders, and the
+    pretrain names used."""
+    out, uses = [], []
+    for item in overrides:
+        key, value = item.split("=", 1)
+        if value.startswith("pretrained:"):
+            uses.append(value[len("pretrained:"):])
+            value = str(recipe_dir / "models" / uses[-1])
+        elif value.startswith("run:"):
+            value = str(recipe_dir / "runs" / value[len("run:"):])
+        out.append(f"{key}={value}")
+    return tuple(out), tuple(uses)
+
+
+def recipe_steps(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None, quiet: bool = False) -> list:
+    """The recipe as commands, in order: each pretraining, each run, then the ensemble. Returns Step list."""
+    recipe_dir = Path(recipe_dir)
+    data = ["--data-dir", str(data_dir)] if data_dir else []
+    loud = ["--quiet"] if quiet else []
+    steps = []
+    for i, p in enumerate(recipe.pretrain):
+        out = recipe_dir / "models" / p.name
+        overrides, uses = _resolve(p.set, recipe_dir)
+        argv = ["--model", p.model, "--competition", recipe.competition, *data, "--out", str(out),
+                "--epochs", str(p.epochs), "--seed", str(recipe.seed)]
+        steps.append(Step("pretrain", p.name, f"pretrain[{i}]", "pretrain.py",
+                          tuple(argv + [a for s in overrides for a in ("--set", s)] + loud), str(out), uses))
+    for i, r in enumerate(recipe.runs):
+        out = recipe_dir / "runs" / r.name
+        overrides, uses = _resolve(recipe.set + r.set, recipe_dir)
+        argv = (["--config", str(r.config)] if r.config else []) + (["--model", r.model] if r.model else [])
+        argv += ["--competition", recipe.competition, *data, "--folds", str(recipe.folds), "--seed", str(recipe.seed),
+                 "--run-dir", str(out)]
+        steps.append(Step("run", r.name, f"runs[{i}]", "run_cv.py",
+                          tuple(argv + [a for s in overrides for a in ("--set", s)] + loud), str(out), uses))
+    e = recipe.ensemble
+    out = recipe_dir / SUBMISSION
+    argv = ["--runs", *(str(recipe_dir / "runs" / n) for n in e.runs), "--out", str(out), *data]
+    steps.append(Step("ensemble", "ensemble", "ensemble", "make_submission.py",
+                      tuple(argv + (["--weights", "auto"] if e.weights == "auto" else [])), str(out)))
+    return steps
+
+
+def step_config(step: Step):
+    """The RunConfig a pretrain or run step resolves to, built as its entry point builds it (validated)."""
+    from pipeline.cli import config_from_args, cv_parser
+    from pipeline.config import load_config
+
+    if step.kind == "run":
+        return config_from_args(cv_parser().parse_args(list(step.argv)))
+    from pipeline.pretrain import check_pretrainable, pretrain_parser
+
+    args = pretrain_parser().parse_args(list(step.argv))
+    flags = {"model.preset": args.model, "data.competition": args.competition, "data.data_dir": args.data_dir,
+             "train.epochs": args.epochs, "cv.seed": args.seed}
+    cfg = load_config(None, [f"{k}={v}" for k, v in flags.items() if v is not None] + args.overrides)
+    check_pretrainable(cfg)
+    return cfg
+
+
+def check_steps(recipe: Recipe, steps: list) -> dict:
+    """Every step's config, checked before anything trains. Returns {step.key: RunConfig} (no ensemble);
+    raises one ConfigError naming the recipe file and each bad step."""
+    configs, problems = {}, []
+    for step in steps:
+        if step.kind == "ensemble":
+            continue
+        try:
+            configs[step.key] = step_config(step)
+        except PipelineError as exc:
+            problems.append(f"{step.key} ({step.name}): {exc}")
+    if problems:
+        raise ConfigError(f"{recipe.source}: " + "; ".join(problems))
+    return configs
+
+
+def _finished_run(run_dir: Path, cfg) -> bool:
+    """A completed run directory made with exactly this config."""
+    from pipeline.config import diff_configs, read_saved_config
+
+    saved = run_dir / "config.yaml"
+    return (run_dir / "report.json").is_file() and saved.is_file() and \
+        not diff_configs(read_saved_config(saved).result_dict(), cfg.result_dict())
+
+
+def _own_wall_seconds(step: Step) -> Optional[float]:
+    """The wall time a finished step's own record holds (pretrain.json, report.json), when no recipe.json has it."""
+    path = Path(step.output) / ("pretrain.json" if step.kind == "pretrain" else "report.json")
+    if step.kind == "ensemble" or not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    return record.get("wall_seconds") if step.kind == "pretrain" else record.get("timing", {}).get("wall_seconds")
+
+
+def _run_figures(run_dir: Path) -> dict:
+    """A finished run's OOF headline: metric, untuned_rule, untuned, tuned, cv."""
+    head = json.loads((Path(run_dir) / "report.json").read_text(encoding="utf-8")).get("headline", {})
+    return {k: head.get(k) for k in ("metric", "untuned_rule", "untuned", "tuned", "cv")}
+
+
+def _ensemble_figures(submission: Path, metric: str, untuned_rule: str) -> dict:
+    """The ensemble's OOF figures from make_submission.py's summary, in the run headline's shape."""
+    summary = json.loads(Path(submission).with_suffix(".json").read_text(encoding="utf-8"))
+    scores = summary["ensemble"]
+    untuned = next(k for k in scores if k not in (f"{metric}_tuned", f"{metric}_cv"))
+    return {"metric": metric, "untuned_rule": untuned_rule, "untuned": scores[untuned],
+            "tuned": scores[f"{metric}_tuned"], "cv": scores[f"{metric}_cv"], "weights": summary["weights"],
+            "weights_searched": summary["weights_searched"], "rule": summary["rule"]}
+
+
+def check_same_folds(run_dirs: list) -> None:
+    """Every run's folds.csv assigns each id the same fold (the ensemble's cross-validated score needs it)."""
+    import pandas as pd
+
+    from pipeline.errors import RunDirError
+
+    first = pd.read_csv(Path(run_dirs[0]) / "folds.csv", dtype={"id": str}).set_index("id").iloc[:, 0]
+    for run_dir in run_dirs[1:]:
+        other = pd.read_csv(Path(run_dir) / "folds.csv", dtype={"id": str}).set_index("id").iloc[:, 0]
+        if set(other.index) != set(first.index) or not other.loc[first.index].equals(first):
+            raise RunDirError(f"{run_dir}/folds.csv differs from {run_dirs[0]}/folds.csv: a recipe's runs must share "
+                              f"one fold split (same data, folds and seed)")
+
+
+def _read_record(recipe: Recipe, recipe_dir: Path) -> dict:
+    path = recipe_dir / RECORD
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("name") != recipe.name:
+        raise ConfigError(f"{recipe_dir} holds recipe '{record.get('name')}', not '{recipe.name}' ({recipe.source}); "
+                          f"pass another --recipe-dir")
+    return record
+
+
+def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None, quiet: bool = False) -> dict:
+    """Run every step not yet finished, in order; write recipe.json after each. Returns the final record.
+
+    A finished run (report.json, same config) is skipped; a pretraining whose output exists is handed to
+    pretrain.py, which does nothing when its settings match (and refuses when they differ); the ensemble is
+    rebuilt when a run changed or its submission is missing. A failing step stops the recipe with a PipelineError
+    (the step's own error is printed above it).
+    """
+    from pipeline.cli import make_submission_main, run_cv_main
+    from pipeline.pretrain import pretrain_main
+
+    recipe_dir = Path(recipe_dir)
+    steps = recipe_steps(recipe, recipe_dir, data_dir, quiet)
+    configs = check_steps(recipe, steps)
+    earlier = {(s["kind"], s["name"]): s for s in _read_record(recipe, recipe_dir).get("steps", [])}
+    record = {"name": recipe.name, "recipe_file": recipe.source, "recipe_dir": str(recipe_dir),
+              "data_dir": data_dir, "competition": recipe.competition, "folds": recipe.folds, "seed": recipe.seed,
+              "finished": False, "steps": []}
+    fresh, ran_run = set(), False
+    for i, step in enumerate(steps):
+        before = earlier.get((step.kind, step.name), {})
+        entry = {"kind": step.kind, "name": step.name, "command": step.command, "output": step.output}
+        started = time.perf_counter()
+        if step.kind == "pretrain":
+            done = (Path(step.output) / "pretrain.json").is_file()
+            code = pretrain_main(list(step.argv))
+            if not done:
+                fresh.add(step.name)
+        elif step.kind == "run":
+            done = _finished_run(Path(step.output), configs[step.key])
+            stale = [n for n in step.uses if n in fresh]
+            if stale and not done and (Path(step.output) / "folds").is_dir():
+                raise ConfigError(f"{recipe_dir / 'models' / stale[0]} was pretrained again just now, but "
+                                  f"{step.output} holds folds trained from the earlier weights; remove "
+                                  f"{step.output} to train it from the new ones")
+            code = 0 if done else run_cv_main(list(step.argv))
+            ran_run = ran_run or not done
+        else:
+            members = [Path(recipe_dir / "runs" / n) for n in recipe.ensemble.runs]
+            done = (not ran_run and before.get("status") in ("ran", "done earlier")
+                    and before.get("command") == step.command and Path(step.output).is_file()
+                    and Path(step.output).with_suffix(".json").is_file())
+            if not done:
+                check_same_folds(members)
+            code = 0 if done else make_submission_main(list(step.argv))
+        seconds = time.perf_counter() - started
+        if code:
+            entry.update(status="failed", wall_seconds=round(seconds, 2))
+            record["steps"].append(entry)
+            _write_record(recipe_dir, record, steps[i + 1:])
+            raise PipelineError(f"recipe {recipe.name} stopped at {step.key} ({step.kind} {step.name}, exit {code}; "
+                                f"its error is above); fix it and rerun the same command to resume")
+        wall = before.get("wall_seconds") if done else None
+        entry.update(status="done earlier" if done else "ran",
+                     wall_seconds=round(seconds if not done else wall if wall is not None else
+                                        (_own_wall_seconds(step) or seconds), 2))
+        if step.kind == "run":
+            entry["figures"] = _run_figures(Path(step.output))
+        record["steps"].append(entry)
+        if step.kind == "ensemble":
+            head = next(s["figures"] for s in record["steps"] if s["kind"] == "run")
+            record["ensemble"] = _ensemble_figures(Path(step.output), head["metric"], head["untuned_rule"])
+            record["submission"] = step.output
+            record["finished"] = True
+        _write_record(recipe_dir, record, steps[i + 1:])
+    return record
+
+
+def _write_record(recipe_dir: Path, record: dict, pending: list) -> None:
+    record["pending"] = [{"kind": s.kind, "name": s.name, "command": s.command} for s in pending]
+    record["total_wall_seconds"] = round(sum(s["wall_seconds"] for s in record["steps"]), 2)
+    record["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    atomic_write_json(recipe_dir / RECORD, record)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def recipe_table(record: dict) -> str:
+    """The short table printed at the end: each step's status and wall time, each run's and the ensemble's OOF
+    figures (untuned, tuned on all of OOF, cross-validated)."""
+    figures = [s["figures"] for s in record["steps"] if "figures" in s]
+    metric = figures[0]["metric"] if figures else "score"
+    rule = figures[0]["untuned_rule"] if figures else "untuned"
+    lines = [f"recipe {record['name']} in {record['recipe_dir']}", "",
+             f"| step | status | wall s | OOF {metric} {rule} | tuned | cross-validated |", "|---|---|---:|---:|---:|---:|"]
+    for s in record["steps"]:
+        f = record.get("ensemble", {}) if s["kind"] == "ensemble" else s.get("figures", {})
+        lines.append(f"| {s['kind']} {s['name']} | {s['status']} | {s['wall_seconds']:.1f} | {_fmt(f.get('untuned'))} "
+                     f"| {_fmt(f.get('tuned'))} | {_fmt(f.get('cv'))} |")
+    total = record["total_wall_seconds"]
+    lines += ["", f"total wall time {total:.0f} s ({total / 60:.1f} min; each step's time in the invocation that "
+                  f"finished it)"]
+    if record.get("submission"):
+        e = record["ensemble"]
+        lines.append(f"submission: {record['submission']} (weights {', '.join(f'{w:.2f}' for w in e['weights'])}"
+                     f"{' searched on OOF' if e['weights_searched'] else ''}; decision rule: {e['rule']})")
+    return "\n".join(lines)
+
+
+def dry_run(recipe: Recipe, steps: list) -> None:
+    """Print each step's command and, for each run, `run_cv.py --dry-run`'s memory plan. Writes nothing."""
+    from competition import get_competition
+    from pipeline.cli import run_cv_main
+    from pipeline.plan import CARDS_GIB, estimate_memory, gib
+    from pipeline.presets import get_preset
+
+    configs = check_steps(recipe, steps)
+    print(f"recipe {recipe.name} ({recipe.source}): {len(steps)} steps, nothing trained or written")
+    for i, step in enumerate(steps, 1):
+        what = f"{recipe.ensemble.weights} weights" if step.kind == "ensemble" else step.name
+        print(f"\n== step {i}/{len(steps)}: {step.kind} {what}\n{step.command}")
+        if step.kind == "run":
+            print()
+            run_cv_main([a for a in step.argv if a != "--quiet"] + ["--dry-run"])
+    n_labels = len(get_competition(recipe.competition).classes) or 11  # as run_cv.py --dry-run counts the head
+    print("\nPlanned peak GPU memory per run (bf16 compute, gradient checkpointing as configured):")
+    for step in steps:
+        if step.kind != "run":
+            continue
+        cfg = configs[step.key]
+        if get_preset(cfg.model.preset).kind == "tfidf":
+            print(f"  {step.name:24s} {cfg.model.preset:24s} no neural network")
+            continue
+        est = estimate_memory(cfg, "cuda", n_labels)
+        cards = [f"{c} GB" for c in CARDS_GIB if est.fits(c)]
+        print(f"  {step.name:24s} {cfg.model.preset:24s} {gib(est.total()):>10s}   fits: "
+              f"{', '.join(cards) or 'none of ' + ', '.join(f'{c} GB' for c in CARDS_GIB)}")
+
+
+def recipe_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_recipe.py", description="Run a recipe: pretrainings, K-fold runs (same "
+                                "folds and seed) and their ensemble's submission, in order, each through its own "
+                                "entry point. Rerunning the same command resumes.")
+    p.add_argument("recipe", help="recipe YAML (see configs/recipes/)")
+    p.add_argument("--data-dir", help="folder with the competition's files (default data/<competition>)")
+    p.add_argument("--recipe-dir", help="where models, runs, the submission and recipe.json go (default "
+                   "runs/recipes/<name>)")
+    p.add_argument("--dry-run", action="store_true", help="train and write nothing: print each step's command and "
+                   "each run's memory plan (run_cv.py --dry-run)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines")
+    return p
+
+
+@_guard  # a PipelineError prints as one line `error: ...` with status 2
+def recipe_main(argv: Optional[list] = None) -> int:
+    args = recipe_parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    recipe = load_recipe(args.recipe)
+    recipe_dir = Path(args.recipe_dir) if args.recipe_dir else default_recipe_dir(recipe)
+    steps = recipe_steps(recipe, recipe_dir, args.data_dir, args.quiet)
+    if args.dry_run:
+        dry_run(recipe, steps)
+        return 0
+    try:
+        record = run_recipe(recipe, recipe_dir, args.data_dir, args.quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished steps are kept in {recipe_dir}; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    print(recipe_table(record))
+    return 0

@@ -1,0 +1,260 @@
+"""pipeline/recipe.py: a tiny recipe (pretraining, two runs, ensemble) end to end through the real entry points, a
+rerun that skips every finished step, a kill between steps that resumes, one-line errors for bad recipes, a dry run
+that writes nothing, and the shipped recipes (configs/recipes/) loading, validating and dry-running."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline import cli
+from pipeline import pretrain as pretrain_mod
+from pipeline.errors import ConfigError, RunDirError
+from pipeline.recipe import (RECORD, SUBMISSION, check_same_folds, check_steps, load_recipe, parse_recipe,
+                             recipe_main, recipe_steps)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# a pretraining of a few steps, a run from its output and a TF-IDF run, 2 folds: seconds on a CPU
+TINY = {
+    "name": "tiny", "folds": 2, "seed": 0,
+    "set": {"train.epochs": 1, "train.max_steps": 3, "thresholds.n_trials": 5},
+    "pretrain": [{"name": "enc-tapt", "model": "tiny-encoder", "epochs": 1, "set": {"train.max_steps": 2}}],
+    "runs": [{"name": "enc", "model": "tiny-encoder", "set": {"model.path": "pretrained:enc-tapt"}},
+             {"name": "tfidf", "model": "tfidf-lr"}],
+    "ensemble": {"runs": ["enc", "tfidf"], "weights": "equal"},
+}
+
+
+def _write(path: Path, raw) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _argv(recipe: Path, comp: Path, recipe_dir: Path, *extra: str) -> list:
+    return [str(recipe), "--data-dir", str(comp), "--recipe-dir", str(recipe_dir), "--quiet", *extra]
+
+
+class Spy:
+    """Counts calls to an entry function and passes them on; `stop_at` raises KeyboardInterrupt (a kill) on
+    that call instead."""
+
+    def __init__(self, real, stop_at=None):
+        self.real, self.stop_at, self.calls = real, stop_at, []
+
+    def __call__(self, argv):
+        self.calls.append(list(argv))
+        if self.stop_at == len(self.calls):
+            raise KeyboardInterrupt
+        return self.real(argv)
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    out = {"pretrain": Spy(pretrain_mod.pretrain_main), "run": Spy(cli.run_cv_main),
+           "ensemble": Spy(cli.make_submission_main)}
+    monkeypatch.setattr(pretrain_mod, "pretrain_main", out["pretrain"])
+    monkeypatch.setattr(cli, "run_cv_main", out["run"])
+    monkeypatch.setattr(cli, "make_submission_main", out["ensemble"])
+    return out
+
+
+def _record(recipe_dir: Path) -> dict:
+    return json.loads((recipe_dir / RECORD).read_text())
+
+
+def test_tiny_recipe_runs_end_to_end_and_a_rerun_skips_every_step(tmp_path, comp_dir, frames, spies, capsys):
+    recipe, rd = _write(tmp_path / "tiny.yaml", TINY), tmp_path / "rd"
+    assert recipe_main(_argv(recipe, comp_dir, rd)) == 0
+    out = capsys.readouterr().out
+    assert [len(s.calls) for s in spies.values()] == [1, 2, 1]
+    record = _record(rd)
+    assert record["finished"] and record["pending"] == []
+    assert [(s["kind"], s["name"], s["status"]) for s in record["steps"]] == [
+        ("pretrain", "enc-tapt", "ran"), ("run", "enc", "ran"), ("run", "tfidf", "ran"),
+        ("ensemble", "ensemble", "ran")]
+    assert all(s["wall_seconds"] > 0 for s in record["steps"])
+    assert record["total_wall_seconds"] == pytest.approx(sum(s["wall_seconds"] for s in record["steps"]), abs=0.02)
+    # every step is an ordinary output of its entry point, in the recipe directory
+    assert (rd / "models" / "enc-tapt" / "pretrain.json").is_file()
+    for name in ("enc", "tfidf"):
+        assert (rd / "runs" / name / "report.json").is_file()
+    saved = yaml.safe_load((rd / "runs" / "enc" / "config.yaml").read_text())
+    assert saved["model"]["path"] == str(rd / "models" / "enc-tapt")  # pretrained:<name> resolved
+    assert saved["cv"] == {"n_folds": 2, "seed": 0} and saved["train"]["max_steps"] == 3
+    folds = [pd.read_csv(rd / "runs" / n / "folds.csv") for n in ("enc", "tfidf")]
+    assert folds[0].equals(folds[1])
+    # the submission matches the sample; the recorded figures are make_submission.py's and report.json's
+    submission, sample = pd.read_csv(rd / SUBMISSION), frames[2]
+    assert list(submission.columns) == list(sample.columns) and len(submission) == len(sample)
+    summary = json.loads((rd / SUBMISSION).with_suffix(".json").read_text())
+    assert record["ensemble"]["cv"] == summary["ensemble"]["macro_f1_cv"]
+    assert record["ensemble"]["untuned"] == summary["ensemble"]["macro_f1_at_0.5"]
+    assert record["ensemble"]["weights"] == [0.5, 0.5]
+    head = json.loads((rd / "runs" / "tfidf" / "report.json").read_text())["headline"]
+    assert record["steps"][2]["figures"]["cv"] == head["cv"]
+    assert "| ensemble ensemble | ran |" in out and f"submission: {rd / SUBMISSION}" in out
+    assert record["steps"][1]["command"].startswith("python run_cv.py --model tiny-encoder")
+
+    pretrained = (rd / "models" / "enc-tapt" / "pretrain.json").stat().st_mtime_ns
+    submitted = (rd / SUBMISSION).stat().st_mtime_ns
+    assert recipe_main(_argv(recipe, comp_dir, rd)) == 0
+    # nothing trains again: pretrain.py is asked and finds its output (a no-op), runs and ensemble are skipped
+    assert [len(s.calls) for s in spies.values()] == [2, 2, 1]
+    again = _record(rd)
+    assert [s["status"] for s in again["steps"]] == ["done earlier"] * 4
+    assert [s["wall_seconds"] for s in again["steps"]] == [s["wall_seconds"] for s in record["steps"]]
+    assert again["ensemble"] == record["ensemble"]
+    assert (rd / "models" / "enc-tapt" / "pretrain.json").stat().st_mtime_ns == pretrained
+    assert (rd / SUBMISSION).stat().st_mtime_ns == submitted
+    assert "already holds this pretraining" in capsys.readouterr().out
+
+
+def test_a_kill_between_steps_resumes_where_it_stopped(tmp_path, comp_dir, spies, monkeypatch, capsys):
+    recipe, rd = _write(tmp_path / "tiny.yaml", TINY), tmp_path / "rd"
+    spies["run"].stop_at = 2  # killed as the second run starts, after the pretraining and the first run
+    assert recipe_main(_argv(recipe, comp_dir, rd)) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    first = _record(rd)
+    assert not first["finished"] and [s["name"] for s in first["steps"]] == ["enc-tapt", "enc"]
+    assert [p["name"] for p in first["pending"]] == ["tfidf", "ensemble"]
+    assert not (rd / "runs" / "tfidf").exists() and not (rd / SUBMISSION).exists()
+
+    spies["run"].stop_at = None
+    assert recipe_main(_argv(recipe, comp_dir, rd)) == 0
+    # the resumed invocation ran only the run that was missing (call 3) and the ensemble
+    assert [c[c.index("--run-dir") + 1] for c in spies["run"].calls] == [str(rd / "runs" / n)
+                                                                         for n in ("enc", "tfidf", "tfidf")]
+    assert len(spies["ensemble"].calls) == 1
+    final = _record(rd)
+    assert final["finished"] and [s["status"] for s in final["steps"]] == ["done earlier", "done earlier", "ran",
+                                                                           "ran"]
+    assert [s["wall_seconds"] for s in final["steps"][:2]] == [s["wall_seconds"] for s in first["steps"]]
+    assert (rd / SUBMISSION).is_file()
+
+
+def test_a_fresh_pretraining_refuses_folds_trained_from_the_old_weights(tmp_path, comp_dir, spies, capsys):
+    """Pretrained output deleted while a run from it is half done: the run is refused, not silently mixed."""
+    import shutil
+
+    recipe, rd = _write(tmp_path / "tiny.yaml", TINY), tmp_path / "rd"
+    spies["run"].stop_at = 2
+    assert recipe_main(_argv(recipe, comp_dir, rd)) == 130
+    (rd / "runs" / "enc" / "report.json").unlink()  # as if killed after its folds, before assembling
+    shutil.rmtree(rd / "models" / "enc-tapt")
+    spies["run"].stop_at = None
+    assert recipe_main(_argv(recipe, comp_dir, rd)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "was pretrained again just now" in err and str(rd / "runs" / "enc") in err
+
+
+BAD = [
+    ({"runz": []}, ["unknown key 'runz'", "did you mean 'runs'"]),
+    ({"runs": [{"name": "a", "modle": "tfidf-lr"}]}, ["runs[0]: unknown key 'modle'", "did you mean 'model'"]),
+    ({"runs": [{"name": "a", "model": "minilm-l6", "set": {"model.path": "pretrained:nope"}}]},
+     ["runs[0].set", "'pretrained:nope' names no pretrain step"]),
+    ({"runs": [{"name": "a", "model": "minilm-l6", "set": {"model.init_from": "run:b"}},
+               {"name": "b", "model": "minilm-l6"}]}, ["runs[0].set", "'run:b' names no run declared before"]),
+    ({"runs": [{"name": "a", "config": "configs/nope.yaml"}]}, ["runs[0].config", "configs/nope.yaml does not exist"]),
+    ({"runs": [{"name": "a", "model": "tfidf-lr"}], "ensemble": {"runs": ["a", "b"]}},
+     ["ensemble.runs", "'b' names no run"]),
+    ({"runs": [{"name": "a", "model": "tfidf-lr"}], "ensemble": {"weights": "best"}},
+     ["ensemble.weights must be equal or auto"]),
+    ({"runs": [{"name": "a", "model": "tfidf-lr", "set": {"cv.n_folds": 3}}]},
+     ["runs[0].set: cv.n_folds is the same for every step"]),
+    ({"runs": [{"name": "a", "model": "tfidf-lr"}, {"name": "a", "model": "tfidf-lr"}]}, ["run name 'a' appears twice"]),
+    ({"pretrain": [{"name": "p", "model": "minilm-l6", "epochs": 0}], "runs": [{"name": "a"}]},
+     ["pretrain[0].epochs must be an integer >= 1"]),
+    # a step's own config, checked as its entry point checks it, before anything trains
+    ({"runs": [{"name": "a", "model": "minilm-l6", "set": {"train.lr": 5}}]},
+     ["runs[0] (a)", "train.lr must be in (0, 1), got 5"]),
+    ({"runs": [{"name": "a", "model": "minilm-l7"}]}, ["runs[0] (a)", "unknown model preset 'minilm-l7'"]),
+    ({"pretrain": [{"name": "p", "model": "tfidf-lr"}], "runs": [{"name": "a"}]},
+     ["pretrain[0] (p)", "has no language model to pretrain"]),
+]
+
+
+@pytest.mark.parametrize("raw,expected", BAD, ids=[e[0] for _, e in BAD])
+def test_bad_recipes_are_one_line_errors_naming_the_file_and_key(tmp_path, comp_dir, raw, expected, capsys):
+    recipe = _write(tmp_path / "bad.yaml", {"name": "bad", **raw})
+    assert recipe_main(_argv(recipe, comp_dir, tmp_path / "rd")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {recipe}: "), err
+    for text in expected:
+        assert text in err, err
+    assert not (tmp_path / "rd").exists()
+
+
+def test_missing_recipe_file_and_bad_yaml(tmp_path, comp_dir, capsys):
+    assert recipe_main(_argv(tmp_path / "none.yaml", comp_dir, tmp_path / "rd")) == 2
+    assert f"recipe file {tmp_path / 'none.yaml'} does not exist" in capsys.readouterr().err
+    (tmp_path / "broken.yaml").write_text("runs: [\n")
+    assert recipe_main(_argv(tmp_path / "broken.yaml", comp_dir, tmp_path / "rd")) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+
+
+def test_references_resolve_to_the_recipe_directory(tmp_path):
+    raw = {"name": "refs", "pretrain": [{"name": "p", "model": "tiny-encoder"}],
+           "runs": [{"name": "a", "model": "tiny-encoder", "set": {"model.path": "pretrained:p"}},
+                    {"name": "b", "model": "tiny-encoder",
+                     "set": {"model.init_from": "run:a", "model.lora_targets": ["query", "value"]}}]}
+    recipe = parse_recipe(raw, "refs.yaml")
+    steps = recipe_steps(recipe, tmp_path / "rd", None)
+    assert [s.kind for s in steps] == ["pretrain", "run", "run", "ensemble"]
+    assert "model.path=" + str(tmp_path / "rd" / "models" / "p") in steps[1].argv and steps[1].uses == ("p",)
+    assert "model.init_from=" + str(tmp_path / "rd" / "runs" / "a") in steps[2].argv
+    configs = check_steps(recipe, steps)
+    assert configs["runs[1]"].model.lora_targets == ["query", "value"]  # a list goes through --set intact
+    assert recipe.ensemble.runs == ("a", "b") and recipe.ensemble.weights == "equal"  # defaults: all, equal
+
+
+def test_dry_run_prints_the_plans_and_writes_nothing(tmp_path, comp_dir, capsys):
+    recipe = _write(tmp_path / "tiny.yaml", TINY)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert recipe_main(_argv(recipe, comp_dir, tmp_path / "rd", "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+    assert "python pretrain.py --model tiny-encoder" in out and "python make_submission.py --runs" in out
+    assert "Plan for preset 'tiny-encoder'" in out and "Nothing to plan" in out  # run_cv.py --dry-run's plans
+    assert re.search(r"enc\s+tiny-encoder\s+[\d.]+ (KiB|MiB|GiB)\s+fits: 24 GB", out), out
+
+
+def test_the_ensemble_refuses_runs_with_different_folds(tmp_path):
+    for name, folds in (("a", [0, 1, 0, 1]), ("b", [1, 0, 0, 1])):
+        (tmp_path / name).mkdir()
+        pd.DataFrame({"id": ["w", "x", "y", "z"], "fold": folds}).to_csv(tmp_path / name / "folds.csv", index=False)
+    check_same_folds([tmp_path / "a", tmp_path / "a"])
+    with pytest.raises(RunDirError, match="must share one fold split"):
+        check_same_folds([tmp_path / "a", tmp_path / "b"])
+
+
+def test_a_recipe_directory_of_another_recipe_is_refused(tmp_path, comp_dir, capsys):
+    rd = tmp_path / "rd"
+    rd.mkdir()
+    (rd / RECORD).write_text(json.dumps({"name": "other"}))
+    recipe = _write(tmp_path / "tiny.yaml", TINY)
+    assert recipe_main(_argv(recipe, comp_dir, rd)) == 2
+    assert "holds recipe 'other', not 'tiny'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["cpu-2h", "gpu"])
+def test_shipped_recipes_load_validate_and_dry_run(name, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # config paths in a recipe are relative to the checkout
+    recipe = load_recipe(ROOT / "configs" / "recipes" / f"{name}.yaml")
+    assert recipe.name == name
+    steps = recipe_steps(recipe, Path("runs") / "recipes" / name, "data/emotion-detection-fall-2024")
+    configs = check_steps(recipe, steps)
+    assert {c.cv.n_folds for c in configs.values() if c.model.preset != "tfidf-lr"} == {recipe.folds}
+    assert recipe_main([f"configs/recipes/{name}.yaml", "--dry-run", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    # the planned peak a comment in the file states is the one the dry run prints now
+    text = (ROOT / "configs" / "recipes" / f"{name}.yaml").read_text()
+    stated = re.findall(r"- name: (\S+)\s+#.*planned peak ([\d.]+ GiB)", text)
+    if name == "gpu":
+        assert len(stated) == 3
+    for run, peak in stated:
+        assert re.search(rf"\n  {re.escape(run)}\s+\S+\s+{re.escape(peak)}\s+fits: 24 GB, 40 GB, 80 GB", out), run
