@@ -27,6 +27,10 @@ class DataConfig:
     extra_train: Optional[list] = None  # CSVs of extra rows (e.g. generate_data.py's) every fold trains on; never validated
 
 
+DEFAULT_SYSTEM_PROMPT = ("Which emotions does the tweet express? Answer with the matching labels from this list, in "
+                         "this order, separated by commas, or 'none': {labels}.")
+
+
 @dataclass
 class ModelConfig:
     preset: str = "minilm-l6"  # name in the preset registry (pipeline/presets.py)
@@ -35,7 +39,7 @@ class ModelConfig:
     dropout: float = 0.1  # dropout before the classification head (probability)
     backbone_dropout: Optional[float] = None  # dropout inside the backbone; None = preset's
     freeze_embeddings: Optional[bool] = None  # keep the token embedding matrix fixed; None = preset's
-    finetune: Optional[str] = None  # 'full', 'lora' (adapters + head) or 'head' (frozen features); None = preset's
+    finetune: Optional[str] = None  # 'full', 'lora' (adapters + head), 'head' (frozen), 'generate'; None = preset's
     lora_r: Optional[int] = None  # LoRA rank; None = preset's
     lora_alpha: Optional[float] = None  # LoRA scale numerator (scale = alpha / r); None = preset's
     lora_dropout: Optional[float] = None  # dropout on the LoRA input (probability); None = preset's
@@ -45,6 +49,12 @@ class ModelConfig:
     padding_side: Optional[str] = None  # 'left' or 'right'; None = preset's
     append_eos: Optional[bool] = None  # end every text with the eos token; None = preset's
     prompt: Optional[str] = None  # template around each text, with {text} where it goes; None = the raw text
+    # finetune='generate' (a decoder writes its labels, LoRA adapters): the chat's system message and the answers
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT  # system message, with {labels} (label words joined by ', ')
+    label_words: Optional[dict] = None  # label column -> word written in answers; None = the column names
+    label_order: Optional[list] = None  # label columns in answer order; None = the competition's order
+    answer_sep: str = ", "  # text between two labels of an answer
+    none_answer: str = "none"  # the answer when no label applies
     init_from: Optional[str] = None  # finished run whose fold model the weights start from; None = the preset's
     init_fold: int = 0  # which of init_from's fold models (0-based fold number)
     init_head: Optional[bool] = None  # start from init_from's head too; None = when its label columns equal this run's
@@ -277,8 +287,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         p.append(presets.unknown_preset_message(m.preset))
     if m.max_length is not None and m.max_length < 4:
         p.append(f"model.max_length must be >= 4 tokens, got {m.max_length}")
-    if m.finetune is not None and m.finetune not in ("full", "lora", "head"):
-        p.append(f"model.finetune must be one of full, lora, head, got {m.finetune!r}")
+    if m.finetune is not None and m.finetune not in ("full", "lora", "head", "generate"):
+        p.append(f"model.finetune must be one of full, lora, head, generate, got {m.finetune!r}")
+    p += _generate_problems(m)
     if m.padding_side is not None and m.padding_side not in ("left", "right"):
         p.append(f"model.padding_side must be left or right, got {m.padding_side!r}")
     if m.lora_r is not None and m.lora_r < 1:
@@ -301,10 +312,16 @@ def validate(cfg: RunConfig) -> RunConfig:
         if preset.kind == "tfidf" and (m.finetune or m.load_in_4bit or m.lora_targets or m.prompt):
             p.append(f"preset '{m.preset}' has no neural network: model.finetune, load_in_4bit, lora_* and "
                      f"prompt do not apply")
-        if finetune == "lora" and preset.kind != "tfidf" and not (m.lora_targets or preset.lora_targets):
-            p.append(f"model.finetune=lora needs model.lora_targets for preset '{m.preset}'")
+        if finetune in ("lora", "generate") and preset.kind != "tfidf" and not (m.lora_targets or preset.lora_targets):
+            p.append(f"model.finetune={finetune} needs model.lora_targets for preset '{m.preset}'")
+        if finetune == "generate" and preset.kind != "decoder":
+            p.append(f"model.finetune=generate needs a decoder preset; '{m.preset}' is an {preset.kind}")
+        if finetune == "generate" and m.init_from:
+            p.append("model.init_from does not apply to model.finetune=generate (it starts from the preset's "
+                     "language model)")
         if (m.load_in_4bit if m.load_in_4bit is not None else preset.load_in_4bit) and finetune == "full":
-            p.append("model.load_in_4bit needs model.finetune=lora or head: 4-bit weights cannot be trained directly")
+            p.append("model.load_in_4bit needs model.finetune=lora, head or generate: 4-bit weights cannot be "
+                     "trained directly")
         if m.init_from and preset.kind == "tfidf":
             p.append(f"model.init_from needs a neural preset; '{m.preset}' has no weights to start from")
         if m.init_from and (m.load_in_4bit if m.load_in_4bit is not None else preset.load_in_4bit):
@@ -353,9 +370,31 @@ def validate(cfg: RunConfig) -> RunConfig:
     if d.competition not in COMPETITIONS:
         p.append(f"data.competition '{d.competition}' is unknown{_close(d.competition, COMPETITIONS)}; "
                  f"available: {', '.join(sorted(COMPETITIONS))}")
+    elif m.finetune == "generate" and COMPETITIONS[d.competition].task != "multilabel":
+        p.append(f"model.finetune=generate needs a multilabel competition; '{d.competition}' is "
+                 f"{COMPETITIONS[d.competition].task}")
     if p:
         raise ConfigError("invalid config: " + "; ".join(p))
     return cfg
+
+
+def _generate_problems(m: ModelConfig) -> list:
+    """The answer-format keys of model.finetune=generate (checked whatever the finetune, as they are saved)."""
+    p = []
+    if "{labels}" not in m.system_prompt:
+        p.append(f"model.system_prompt must contain {{labels}} where the label words go, got {m.system_prompt!r}")
+    if m.label_words is not None and (not isinstance(m.label_words, dict) or not m.label_words or not all(
+            isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in m.label_words.items())):
+        p.append(f"model.label_words must map label columns to non-empty words, got {m.label_words!r}")
+    elif m.label_words and len(set(m.label_words.values())) != len(m.label_words):
+        p.append(f"model.label_words must give every label its own word, got {m.label_words!r}")
+    if m.label_order is not None and len(set(m.label_order)) != len(m.label_order):
+        p.append(f"model.label_order must name each label column once, got {m.label_order!r}")
+    if not m.answer_sep.strip():
+        p.append(f"model.answer_sep must contain a visible character, got {m.answer_sep!r}")
+    if not m.none_answer.strip():
+        p.append(f"model.none_answer must be a word, got {m.none_answer!r}")
+    return p
 
 
 def read_yaml(path: str, what: str):

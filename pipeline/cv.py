@@ -3,7 +3,9 @@
 Run directory `runs/<name>/`: config.yaml, folds.csv, status.json, folds/fold_<k>/ (oof.csv,
 test_probs.csv, model/ unless train.save_models is false, result.json written last, checkpoint/ while a
 fold trains), tracking/ (with train.log_with), oof.csv, test_probs.csv,
-thresholds.json, report.md, report.json (written last: its presence marks a completed run).
+thresholds.json, report.md, report.json (written last: its presence marks a completed run). With
+model.finetune='generate' also the constrained-generation labels: folds/fold_<k>/oof_generated.csv and
+test_generated.csv, and oof_generated.csv.
 """
 from __future__ import annotations
 
@@ -81,12 +83,18 @@ def _save_fold(run_dir: Path, result, train_ids, test_ids, label_cols: list, ide
     test = pd.DataFrame(task.probs(result.test_logits), columns=label_cols)
     test.insert(0, "id", test_ids)
     atomic_write_csv(out / "test_probs.csv", test)
+    if result.val_generated is not None:  # model.finetune='generate': the labels its free answers name
+        for name, ids, preds in (("oof_generated.csv", train_ids[result.val_index], result.val_generated),
+                                 ("test_generated.csv", test_ids, result.test_generated)):
+            frame = pd.DataFrame(preds.astype(np.int64), columns=label_cols)
+            frame.insert(0, "id", ids)
+            atomic_write_csv(out / name, frame)
     atomic_write_json(out / "result.json", {  # written last: its presence marks a finished fold
         "fold": result.fold, **identity, "best_epoch": result.best_epoch, "history": result.history,
         "n_val": int(len(result.val_index)), "train_seconds": result.train_seconds,
         "train_examples": result.train_examples, "predict_seconds": result.predict_seconds,
         "predict_examples": result.predict_examples, "gpu_load_peak_bytes": result.gpu_load_peak_bytes,
-        "gpu_peak_bytes": result.gpu_peak_bytes,
+        "gpu_peak_bytes": result.gpu_peak_bytes, "generate_seconds": result.generate_seconds,
         "adjustments": adjustments})
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
 
@@ -105,6 +113,8 @@ def _load_fold(run_dir: Path, fold: int, identity: dict) -> Optional[dict]:
                               f"delete that folder or use another --run-dir")
     info["oof"] = pd.read_csv(out / "oof.csv", dtype={"id": str})
     info["test"] = pd.read_csv(out / "test_probs.csv", dtype={"id": str})
+    if (out / "oof_generated.csv").is_file():
+        info["oof_generated"] = pd.read_csv(out / "oof_generated.csv", dtype={"id": str})
     return info
 
 
@@ -158,13 +168,21 @@ class _NeuralFolds:
         st = settings(cfg.model)
         self.tokenizer = load_tokenizer(cfg.model)
         start = time.perf_counter()
-        self.inputs = Encoded(
-            tokenize(self.tokenizer, format_texts(data.train_texts, cfg.model.prompt), st.max_length, st.append_eos),
-            tokenize(self.tokenizer, format_texts(data.test_texts, cfg.model.prompt), st.max_length, st.append_eos),
-            self.tokenizer.pad_token_id, self.tokenizer.padding_side)
-        cut = sum(len(ids) >= st.max_length for ids in self.inputs.train + self.inputs.test)
-        log.info("tokenized %d train + %d test texts in %.1f s (max_length %d; %d texts reach it and are cut)",
-                 len(data.train), len(data.test), time.perf_counter() - start, st.max_length, cut)
+        if st.finetune == "generate":  # chat prompts, and answers to learn (pipeline/generative/inputs.py)
+            from pipeline.generative.inputs import build_conversations
+
+            self.inputs = build_conversations(self.tokenizer, data.train_texts, data.test_texts, data.label_cols,
+                                              cfg.model)
+        else:
+            self.inputs = Encoded(
+                tokenize(self.tokenizer, format_texts(data.train_texts, cfg.model.prompt), st.max_length,
+                         st.append_eos),
+                tokenize(self.tokenizer, format_texts(data.test_texts, cfg.model.prompt), st.max_length,
+                         st.append_eos),
+                self.tokenizer.pad_token_id, self.tokenizer.padding_side)
+            cut = sum(len(ids) >= st.max_length for ids in self.inputs.train + self.inputs.test)
+            log.info("tokenized %d train + %d test texts in %.1f s (max_length %d; %d texts reach it and are cut)",
+                     len(data.train), len(data.test), time.perf_counter() - start, st.max_length, cut)
         self.progress = None
         if not quiet:
             from functools import partial
@@ -404,6 +422,28 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
     return out
 
 
+def _generated_labels(run_dir: Path, data: CompetitionData, folds: np.ndarray, results: dict, metric: str) -> tuple:
+    """model.finetune='generate': writes oof_generated.csv (id, fold, 0/1 per label: the labels of each row's
+    constrained free answer) and scores it. Returns (report.json entry, report.md section)."""
+    from pipeline.metrics import per_label
+
+    label_cols = data.label_cols
+    frame = pd.concat([results[k]["oof_generated"] for k in sorted(results)]).set_index("id")
+    frame = frame.loc[list(data.train_ids), label_cols].reset_index()
+    frame.insert(1, "fold", folds)
+    atomic_write_csv(run_dir / "oof_generated.csv", frame)
+    preds = frame[label_cols].to_numpy()
+    score = data.task.score(data.labels, preds, metric)
+    f1 = per_label(data.labels, preds)[2]
+    entry = {metric: score, "per_label_f1": dict(zip(label_cols, map(float, f1))), "file": "oof_generated.csv",
+             "note": "labels named by greedy generation constrained to canonical answers, fold models on their "
+                     "validation rows; no threshold"}
+    section = (f"## Generated labels (OOF)\n\nConstrained free generation, parsed exactly, no threshold: "
+               f"{metric} **{score:.4f}** (oof_generated.csv).\n\n| label | F1 |\n|---|---|\n"
+               + "".join(f"| {c} | {v:.4f} |\n" for c, v in zip(label_cols, f1)))
+    return entry, section
+
+
 def assemble_run(cfg: RunConfig, run_dir: Path, data: CompetitionData, folds: np.ndarray, results: dict,
                  wall_seconds: float, extra_facts: Optional[dict] = None) -> Path:
     """Write oof.csv, test_probs.csv, thresholds.json and the reports from finished folds (real rows
@@ -464,7 +504,11 @@ def assemble_run(cfg: RunConfig, run_dir: Path, data: CompetitionData, folds: np
         report["holdout_test"] = holdout_section(task, metric, test_probs, data.holdout_labels, tuner)
     elif data.holdout_note:
         report["holdout_test_note"] = data.holdout_note
-    atomic_write_text(run_dir / "report.md", task.render_markdown(report, f"CV report: {run_dir.name}"))
+    markdown = task.render_markdown(report, f"CV report: {run_dir.name}")
+    if all("oof_generated" in results[k] for k in results):  # model.finetune='generate'
+        report["generated_labels"], section = _generated_labels(run_dir, data, folds, results, metric)
+        markdown = markdown.rstrip("\n") + "\n\n" + section
+    atomic_write_text(run_dir / "report.md", markdown)
     write_run_html(run_dir, data, report)
     atomic_write_json(run_dir / "report.json", report)
     h = report["headline"]

@@ -67,6 +67,8 @@ def load_tokenizer(cfg: ModelConfig):
                           f"internet and pass --set model.path=FOLDER") from exc
     ensure_pad_token(tokenizer)
     tokenizer.padding_side = settings(cfg).padding_side
+    if preset.chat_template and not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = preset.chat_template  # the tiny presets' borrowed tokenizer has none
     return tokenizer
 
 
@@ -154,40 +156,43 @@ def _tiny_config(preset: Preset, tokenizer, **extra):
                                 eos_token_id=eos, **preset.tiny, **extra)
 
 
-def _tiny_folder(preset: Preset, tokenizer) -> str:
+def _auto_class(causal: bool):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    return AutoModelForCausalLM if causal else AutoModel
+
+
+def _tiny_folder(preset: Preset, tokenizer, causal: bool = False) -> str:
     """A tiny random model saved to a temporary folder, so 4-bit loading (which needs files) works
     for test models too. Seed torch before calling: the weights come from its generator."""
-    from transformers import AutoModel
-
     folder = tempfile.mkdtemp(prefix=f"{preset.name}-")
-    AutoModel.from_config(_tiny_config(preset, tokenizer)).save_pretrained(folder)
+    _auto_class(causal).from_config(_tiny_config(preset, tokenizer)).save_pretrained(folder)
     return folder
 
 
 @functools.lru_cache(maxsize=1)
-def _dequantized_gguf(source: str, gguf_file: str):
+def _dequantized_gguf(source: str, gguf_file: str, causal: bool = False):
     """Dequantizing a GGUF file takes ~20 s: do it once per process and copy the result per fold."""
-    from transformers import AutoModel
-
-    return AutoModel.from_pretrained(source, gguf_file=gguf_file)
+    return _auto_class(causal).from_pretrained(source, gguf_file=gguf_file)
 
 
-def _load_backbone(cfg: ModelConfig, st: ModelSettings, tokenizer, device):
-    from transformers import AutoModel
-
+def load_backbone(cfg: ModelConfig, st: ModelSettings, tokenizer, device, causal: bool = False):
+    """The preset's network as `build_model` loads it (tiny random, GGUF dequantized once, 4-bit or a frozen
+    base in the compute dtype); `causal`: the *ForCausalLM with its LM head (model.finetune='generate')."""
+    AutoModel = _auto_class(causal)
     preset = st.preset
     # dropout costs ~10% of a CPU step (random masks); MiniLM on CPU trains without it
     rate = preset.backbone_dropout if cfg.backbone_dropout is None else cfg.backbone_dropout
     dropout = {} if rate is None else {"hidden_dropout_prob": rate, "attention_probs_dropout_prob": rate}
     kwargs = dict(dropout)
-    frozen_base = st.finetune in ("lora", "head")
+    frozen_base = st.finetune in ("lora", "head", "generate")
     # a tiny random model is built in memory unless it loads as a real one would: 4-bit, or frozen in bf16
     # (on a GPU), which from_pretrained does from files
     as_real = st.load_in_4bit or (frozen_base and preset.kind == "decoder" and _compute_dtype() != torch.float32)
     random_tiny = preset.tiny is not None and not cfg.path  # model.path: a saved tiny model loads from its folder
     if random_tiny and not as_real:
         return AutoModel.from_config(_tiny_config(preset, tokenizer, **dropout))
-    source = _tiny_folder(preset, tokenizer) if random_tiny else weights_source(cfg)
+    source = _tiny_folder(preset, tokenizer, causal) if random_tiny else weights_source(cfg)
     if st.load_in_4bit:
         try:
             import bitsandbytes  # noqa: F401
@@ -204,7 +209,7 @@ def _load_backbone(cfg: ModelConfig, st: ModelSettings, tokenizer, device):
         kwargs["dtype"] = _compute_dtype()  # frozen weights need no fp32 master copy
     try:
         if _gguf(cfg) and not st.load_in_4bit:
-            model = copy.deepcopy(_dequantized_gguf(source, preset.gguf_file))
+            model = copy.deepcopy(_dequantized_gguf(source, preset.gguf_file, causal))
             if kwargs.get("dtype") not in (None, torch.float32):
                 model = model.to(kwargs["dtype"])
             return model
@@ -217,21 +222,28 @@ def _load_backbone(cfg: ModelConfig, st: ModelSettings, tokenizer, device):
             shutil.rmtree(source, ignore_errors=True)
 
 
-def _apply_lora(model: SequenceClassifier, st: ModelSettings):
-    from peft import LoraConfig, get_peft_model
+def lora_config(st: ModelSettings, network: nn.Module, **extra):
+    """peft's LoraConfig of the settings' adapters for `network` (extra: more LoraConfig fields); a target that
+    matches none of its modules is a ConfigError listing its linear layers."""
+    from peft import LoraConfig
 
-    names = [n for n, _ in model.backbone.named_modules()]
+    names = [n for n, _ in network.named_modules()]
     missing = [t for t in st.lora_targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.backbone.named_modules()
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in network.named_modules()
                          if type(m).__name__ in ("Linear", "Conv1D", "Linear4bit")})
         raise ConfigError(f"model.lora_targets {missing} match no module of preset '{st.preset.name}'; "
                           f"its linear layers are: {', '.join(linear)}")
-    lora = LoraConfig(r=st.lora_r, lora_alpha=st.lora_alpha, lora_dropout=st.lora_dropout,
-                      target_modules=list(st.lora_targets), modules_to_save=["head"], bias="none",
+    return LoraConfig(r=st.lora_r, lora_alpha=st.lora_alpha, lora_dropout=st.lora_dropout,
+                      target_modules=list(st.lora_targets), bias="none",
                       fan_in_fan_out=st.preset.tiny is not None and st.preset.tiny.get("model_type") == "gpt2"
-                      or (st.preset.arch or {}).get("model_type") == "gpt2")
-    return get_peft_model(model, lora)
+                      or (st.preset.arch or {}).get("model_type") == "gpt2", **extra)
+
+
+def _apply_lora(model: SequenceClassifier, st: ModelSettings):
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(st, model.backbone, modules_to_save=["head"]))
 
 
 def build_model(cfg: ModelConfig, n_labels: int, tokenizer=None, device=None):
@@ -246,7 +258,7 @@ def build_model(cfg: ModelConfig, n_labels: int, tokenizer=None, device=None):
     if preset.kind not in ("encoder", "decoder"):
         raise ConfigError(f"preset '{preset.name}' of kind '{preset.kind}' has no neural model")
     tokenizer = tokenizer or load_tokenizer(cfg)
-    backbone = _load_backbone(cfg, st, tokenizer, device)
+    backbone = load_backbone(cfg, st, tokenizer, device)
     if preset.kind == "decoder":
         backbone.config.pad_token_id = tokenizer.pad_token_id  # the model config must agree with the tokenizer
     head = load_into(cfg, backbone, n_labels)  # model.init_from: another run's fine-tuned fold weights
@@ -289,7 +301,8 @@ def trainable_state(model: nn.Module) -> dict:
 
 def save_fold_model(model: nn.Module, folder: Path, cfg, fold: int) -> None:
     """Save what a fold trained, unless train.save_models is false: the LoRA adapter with its head (peft
-    `save_pretrained`), the head over frozen features, or every weight (model.finetune='full') as safetensors."""
+    `save_pretrained`), the head over frozen features, every weight (model.finetune='full') as safetensors, or
+    a LabelGenerator's adapter and answer format (model.finetune='generate')."""
     from safetensors.torch import save_file
 
     from pipeline.io import atomic_write_folder
@@ -301,7 +314,9 @@ def save_fold_model(model: nn.Module, folder: Path, cfg, fold: int) -> None:
     init_seed = cfg.cv.seed if st.finetune == "head" else cfg.cv.seed + fold
 
     def write(tmp: Path) -> None:
-        if hasattr(model, "peft_config"):
+        if st.finetune == "generate":
+            model.save(tmp)  # its adapter and answer format (pipeline/generative/model.py)
+        elif hasattr(model, "peft_config"):
             model.save_pretrained(str(tmp))
         else:
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
@@ -323,6 +338,10 @@ def load_fold_model(cfg, n_labels: int, folder: Path, tokenizer=None, device=Non
     meta = json.loads((folder / "fold.json").read_text())
     st = settings(cfg.model)
     set_seed(meta["init_seed"])  # tiny random backbones are rebuilt from the same generator state
+    if st.finetune == "generate":
+        from pipeline.generative.model import load_generator
+
+        return load_generator(cfg.model, folder, tokenizer, device)
     if st.finetune == "lora":
         from peft import PeftModel
 

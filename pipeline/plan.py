@@ -6,11 +6,13 @@ pipeline/plan_measure.py measures real training steps on this CPU to check the f
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
 from typing import Optional
 
+from pipeline import plan_generate
 from pipeline.config import RunConfig
 
 GIB = 1024 ** 3
@@ -76,11 +78,12 @@ class ParamCounts:
     embeddings: int  # token embedding matrix, vocab * hidden
     largest_linear: int  # biggest single linear weight (the 4-bit dequantization scratch)
     largest_trainable: int  # biggest single trainable tensor (the for-loop AdamW scratch)
+    causal_lm: bool = False  # generate mode: the run's model is the published causal LM, not the backbone + head
 
     @property
     def total(self) -> int:
-        """Every parameter of the classifier: backbone, adapters and head."""
-        return self.backbone + self.lora + self.head
+        """Every parameter of the run's model: backbone, adapters and head (generate: causal LM and adapters)."""
+        return (self.published if self.causal_lm else self.backbone) + self.lora + self.head
 
 
 def skeleton_config(preset):
@@ -211,32 +214,36 @@ def _count(backbone, published, settings, n_labels: int) -> ParamCounts:
     n_backbone = sum(p.numel() for p in backbone.parameters())
     n_published = sum(p.numel() for p in published.parameters())
     hidden = backbone.config.hidden_size
-    head = hidden * n_labels + n_labels
-    lora = lora_layers = quantizable = largest = 0
+    # generate mode has no classification head: the causal LM's own head writes the labels
+    head = 0 if settings.finetune == "generate" else hidden * n_labels + n_labels
+    adapted = settings.finetune in ("lora", "generate")
+    lora = lora_layers = quantizable = largest = largest_lora = 0
     for name, module in backbone.named_modules():
         if not _is_linear(module):
             continue
         quantizable += module.weight.numel()
         largest = max(largest, module.weight.numel())
-        if settings.finetune == "lora" and matches_target(name, settings.lora_targets):
+        if adapted and matches_target(name, settings.lora_targets):
             n_in, n_out = _linear_shape(module)
             lora += settings.lora_r * (n_in + n_out)
             lora_layers += 1
+            largest_lora = max(largest_lora, settings.lora_r * max(n_in, n_out))
     embeddings = backbone.get_input_embeddings().weight.numel()
     if settings.finetune == "full":
         frozen = embeddings if settings.freeze_embeddings else 0
         trainable = n_backbone - frozen + head
         big = max(p.numel() for p in backbone.parameters())
         largest_trainable = big if not settings.freeze_embeddings else largest
-    elif settings.finetune == "lora":
+    elif adapted:
         trainable = lora + head
-        largest_trainable = head
+        largest_trainable = head if settings.finetune == "lora" else largest_lora
     else:
         trainable = head
         largest_trainable = head
     return ParamCounts(backbone=n_backbone, published=n_published, head=head, lora=lora, lora_layers=lora_layers,
                        trainable=trainable, quantizable=quantizable, embeddings=embeddings,
-                       largest_linear=largest, largest_trainable=largest_trainable)
+                       largest_linear=largest, largest_trainable=largest_trainable,
+                       causal_lm=settings.finetune == "generate")
 
 
 @dataclass(frozen=True)
@@ -422,11 +429,13 @@ class MemoryEstimate:
     """Peak accelerator (or CPU tensor) memory of one training step, by component, in bytes.
 
     peak = weights + trainable_weights + optimizer_states + autocast_copies + overhead
-           + max(activations + workspace [+ gradients when accumulating], gradients + step_workspace, prediction)
+           + max(activations + max(workspace, logits + logits_workspace) [+ gradients when accumulating],
+                 gradients + step_workspace, prediction)
     because zero_grad(set_to_none=True) frees gradients before the forward, and backward frees saved
     activations as it creates gradients: the large transient terms peak at different moments. `prediction`
     is the no-grad forward of one eval batch (validation each epoch, then the test set), which with the
-    default eval batch of 128 can outgrow a small training batch.
+    default eval batch of 128 can outgrow a small training batch. In generate mode the loss's logits are
+    freed before the blocks' backward begins, so they and the block workspace peak at different moments.
     """
     device: str  # 'cuda' or 'cpu'
     batch_size: int  # examples per forward pass
@@ -446,13 +455,19 @@ class MemoryEstimate:
     grad_accum_steps: int  # >1 keeps gradients alive through the next forward
     eval_batch_size: int = 0  # examples per prediction forward pass
     prediction: int = 0  # transient of one eval batch's no-grad forward (0 in head mode: that is `workspace`)
+    logits: int = 0  # generate mode: the fp32 log-softmax over the vocabulary (and labels) kept for backward
+    logits_workspace: int = 0  # generate mode: the loss's fp32 logit gradients at the start of backward
+    prediction_kv_cache: int = 0  # generate mode: the scoring pass's KV caches (part of `prediction`)
+    recomputed_block: int = 0  # the block checkpointing recomputes (in activations_checkpointed; not yet alive
+    # while the loss's logits are differentiated)
 
     def total(self, checkpointed: Optional[bool] = None) -> int:
         """Peak bytes with (True) or without (False) gradient checkpointing; None = as configured."""
         ckpt = self.gradient_checkpointing if checkpointed is None else checkpointed
         acts = self.activations_checkpointed if ckpt else self.activations
         held_grads = self.gradients if self.grad_accum_steps > 1 else 0
-        transient = max(acts + self.workspace + held_grads, self.gradients + self.step_workspace, self.prediction)
+        backward = max(self.workspace, self.logits + self.logits_workspace - (self.recomputed_block if ckpt else 0))
+        transient = max(acts + backward + held_grads, self.gradients + self.step_workspace, self.prediction)
         return (self.weights + self.trainable_weights + self.optimizer_states + self.autocast_copies
                 + self.overhead + transient)
 
@@ -471,8 +486,13 @@ def estimate_memory(cfg: RunConfig, device: str = "cuda", n_labels: int = 11,
     backbone, published = _skeletons(s.preset.name)
     rate = cfg.model.backbone_dropout if cfg.model.backbone_dropout is not None else s.preset.backbone_dropout
     batch = batch_size or (cfg.train.eval_batch_size if s.finetune == "head" else presets.train_settings(cfg)[1])
-    return _estimate(backbone, published, s, device, n_labels, batch, max_length or s.max_length,
-                     cfg.train.grad_accum_steps, rate, cfg.train.eval_batch_size)
+    seq, prompt = max_length or s.max_length, None
+    if s.finetune == "generate":
+        # a row is the chat prompt around the text, then the answer: longer than max_length
+        prompt = plan_generate.config_prompt_tokens(cfg, n_labels, seq)
+        seq = prompt.row
+    return _estimate(backbone, published, s, device, n_labels, batch, seq, cfg.train.grad_accum_steps, rate,
+                     cfg.train.eval_batch_size, prompt)
 
 
 def planned_tensor_peak(cfg: RunConfig, n_labels: int) -> int:
@@ -486,20 +506,27 @@ def planned_tensor_peak(cfg: RunConfig, n_labels: int) -> int:
 
 
 def _estimate(backbone, published, s, device: str, n_labels: int, batch: int, seq: int, grad_accum_steps: int,
-              backbone_dropout: Optional[float], eval_batch: int = 0) -> MemoryEstimate:
+              backbone_dropout: Optional[float], eval_batch: int = 0,
+              prompt: Optional[plan_generate.PromptTokens] = None) -> MemoryEstimate:
+    """The estimate for settings `s`; seq is the padded row length (tokens), in generate mode prompt + answer,
+    and `prompt` (generate mode) sizes the scoring pass."""
     counts = _count(backbone, published, s, n_labels)
     f = arch_facts(backbone, backbone_dropout)
     prec = precision(s, device)
     full = s.finetune == "full"
     tokens = batch * seq
+    generate = s.finetune == "generate"
+    # generate mode trains the causal LM's blocks as LoRA does; its LM head is part of the weights
+    stored = counts.published if generate else counts.backbone
+    s = dataclasses.replace(s, finetune="lora") if generate else s
 
-    non_quantized = counts.backbone - (counts.quantizable if s.load_in_4bit else 0)
+    non_quantized = stored - (counts.quantizable if s.load_in_4bit else 0)
     constants = 0
     if s.load_in_4bit:
         constants = math.ceil(counts.quantizable * ABSMAX_BITS_DOUBLE / 8)
         weights = counts.quantizable // 2 + constants + non_quantized * prec.frozen_weight
     else:
-        weights = counts.backbone * (4 if full else prec.frozen_weight)
+        weights = stored * (4 if full else prec.frozen_weight)
     # under LoRA, peft's modules_to_save trains a copy of the head and keeps the original, frozen, beside it
     trainable_weights = 4 * (counts.lora + counts.head * (2 if s.finetune == "lora" else 1))
     gradients = 4 * counts.trainable
@@ -525,13 +552,26 @@ def _estimate(backbone, published, s, device: str, n_labels: int, batch: int, se
         acts_ckpt = int(tokens * (f.layers * f.hidden * prec.stream + per_block + outside) + rotary)
         workspace = int(tokens * _backward_workspace(f, s, prec, seq)) + dequant
         prediction = int(eval_batch * seq * _inference_workspace(f, prec, seq)) + dequant if eval_batch else 0
+    logits = logits_workspace = kv_cache = 0
+    if generate:
+        logits, logits_workspace = plan_generate.logits_memory(tokens, f.vocab)
+        if s.load_in_4bit and device == "cuda":
+            # k-bit preparation makes the unquantized LM head fp32; autocast's bf16 copy is kept for backward
+            autocast_copies += 2 * f.vocab * f.hidden
+        prediction = 0
+        if eval_batch and prompt is not None:
+            scoring = plan_generate.scoring_memory(eval_batch, prompt, f.vocab, f.layers, f.heads, f.kv_heads,
+                                                   f.head_dim, prec.linear_out, prec.compute,
+                                                   _inference_workspace(f, prec, prompt.prompt))
+            prediction, kv_cache = scoring.total + dequant, scoring.kv_cache
     return MemoryEstimate(
         device=device, batch_size=batch, max_length=seq, weights=int(weights), quantization_constants=constants,
         trainable_weights=trainable_weights, gradients=gradients, optimizer_states=optimizer_states,
         activations=acts, activations_checkpointed=acts_ckpt, workspace=workspace, step_workspace=step_workspace,
         autocast_copies=autocast_copies, overhead=CUDA_OVERHEAD_BYTES if device == "cuda" else 0,
         gradient_checkpointing=s.gradient_checkpointing, grad_accum_steps=grad_accum_steps,
-        eval_batch_size=eval_batch, prediction=prediction)
+        eval_batch_size=eval_batch, prediction=prediction, logits=logits, logits_workspace=logits_workspace,
+        prediction_kv_cache=kv_cache, recomputed_block=int(tokens * per_block) if s.finetune != "head" else 0)
 
 
 def human(n: float) -> str:
@@ -575,23 +615,31 @@ def render_plan(cfg: RunConfig, n_labels: int = 11) -> str:
     lines.append(f"Architecture  {f.model_type}: {f.layers} blocks, hidden {f.hidden}, MLP {f.intermediate} "
                  f"({'gated' if f.family == 'gated' else 'plain'}), {f.heads} heads{kv} of {f.head_dim}, "
                  f"vocab {f.vocab:,}, {'SDPA' if f.sdpa else 'eager'} attention")
+    adapters = (f"LoRA r={s.lora_r} alpha={s.lora_alpha:g} dropout={s.lora_dropout:g} on "
+                f"{', '.join(s.lora_targets)} ({counts.lora_layers} layers)")
     tune = {"full": "full fine-tuning (every weight)", "head": "head only, on features computed once",
-            "lora": f"LoRA r={s.lora_r} alpha={s.lora_alpha:g} dropout={s.lora_dropout:g} on "
-                    f"{', '.join(s.lora_targets)} ({counts.lora_layers} layers) + head"}[s.finetune]
+            "lora": adapters + " + head", "generate": adapters + " of the causal LM, which writes the labels "
+            "(loss on the answer tokens)"}[s.finetune]
     quant = "4-bit NF4, double quantization" if s.load_in_4bit else ("fp32 master weights" if s.finetune == "full"
                                                                      else "bf16 frozen weights")
     lines.append(f"Training      {tune}; {quant}; gradient checkpointing "
                  f"{'on' if s.gradient_checkpointing else 'off'}")
     what = "eval batch (features pass)" if s.finetune == "head" else "batch"
-    lines.append(f"Shapes        {what} {est.batch_size} x max_length {est.max_length} tokens, {n_labels} labels, "
+    length = f"max_length {est.max_length}" if s.finetune != "generate" else f"{est.max_length} (prompt + answer)"
+    lines.append(f"Shapes        {what} {est.batch_size} x {length} tokens, {n_labels} labels, "
                  f"gradient accumulation {cfg.train.grad_accum_steps}")
+    if s.finetune == "generate":
+        lines += plan_generate.render_prompt(plan_generate.config_prompt_tokens(cfg, n_labels, s.max_length),
+                                             cfg.train.eval_batch_size)
     lines += ["", "Parameters"]
     pub = "causal LM, tied embeddings once" if p.kind == "decoder" else "= the backbone"
     rows = [("published (" + pub + ")", counts.published),
             ("backbone (AutoModel, no LM head)", counts.backbone),
-            (f"head ({f.hidden} x {n_labels} + {n_labels})", counts.head),
+            (f"head ({f.hidden} x {n_labels} + {n_labels})", counts.head) if not counts.causal_lm else
+            ("LM head " + ("(tied to the embeddings)" if counts.published == counts.backbone
+                           else f"({f.vocab:,} x {f.hidden})"), counts.published - counts.backbone),
             ("LoRA adapters", counts.lora),
-            ("total (backbone + LoRA + head)", counts.total),
+            ("total (causal LM + LoRA)" if counts.causal_lm else "total (backbone + LoRA + head)", counts.total),
             ("trainable", counts.trainable)]
     for label, value in rows:
         lines.append(f"  {label:44s}{human(value):>10s}")
@@ -605,14 +653,17 @@ def render_plan(cfg: RunConfig, n_labels: int = 11) -> str:
     lines += ["", f"{'Peak GPU memory, bf16 compute':46s}{cols[0]:>{w0}s}{cols[1]:>{w1}s}"]
     comps = [(wlabel, est.weights, est.weights),
              ("  of which NF4 absmax constants", est.quantization_constants, est.quantization_constants),
-             ("LoRA + head weights (fp32)" if s.finetune == "lora" else "head weights (fp32)",
-              est.trainable_weights, est.trainable_weights),
+             ({"lora": "LoRA + head weights (fp32)", "generate": "LoRA weights (fp32)"}.get(
+                 s.finetune, "head weights (fp32)"), est.trainable_weights, est.trainable_weights),
              ("gradients (fp32)", est.gradients, est.gradients),
              ("AdamW states (2 x fp32)", est.optimizer_states, est.optimizer_states),
              ("activations kept for backward", est.activations, est.activations_checkpointed),
              ("backward workspace", est.workspace, est.workspace),
+             ("logits kept for backward (fp32 log-softmax)", est.logits, est.logits),
+             ("logit gradients (fp32, start of backward)", est.logits_workspace, est.logits_workspace),
              ("optimizer-step workspace", est.step_workspace, est.step_workspace),
              (f"prediction pass (eval batch {est.eval_batch_size}, no grad)", est.prediction, est.prediction),
+             ("  of which KV caches (scoring)", est.prediction_kv_cache, est.prediction_kv_cache),
              ("autocast bf16 weight copies", est.autocast_copies, est.autocast_copies),
              ("CUDA context + allocator (fixed)", est.overhead, est.overhead)]
     for label, a, b in comps:
@@ -620,7 +671,9 @@ def render_plan(cfg: RunConfig, n_labels: int = 11) -> str:
             lines.append(f"  {label:44s}{gib(a):>{w0}s}{gib(b):>{w1}s}")
     lines.append(f"  {'peak':44s}{gib(est.total(False)):>{w0}s}{gib(est.total(True)):>{w1}s}")
     lines.append("  peak = weights + LoRA/head + AdamW + autocast copies + overhead")
-    lines.append("         + max(activations + workspace, gradients + step workspace, prediction pass)")
+    lines.append("         + max(activations + workspace, gradients + step workspace, prediction pass)"
+                 if s.finetune != "generate" else "         + max(activations + max(workspace, logits + "
+                 "logit gradients), gradients + step workspace, prediction pass)")
     lines += ["", f"{'Fits, keeping ' + format(CARD_HEADROOM, '.0%') + ' of the card free':46s}"
                   f"{cols[0]:>{w0}s}{cols[1]:>{w1}s}"]
     for card in CARDS_GIB:

