@@ -162,27 +162,11 @@ class _NeuralFolds:
                  run_dir: Optional[Path] = None):
         from pipeline.models import load_tokenizer
         from pipeline.presets import settings
-        from pipeline.train import Encoded, format_texts, tokenize
+        from pipeline.train import text_inputs
 
         self.cfg, self.data, self.accelerator, self.run_dir = cfg, data, accelerator, run_dir
-        st = settings(cfg.model)
         self.tokenizer = load_tokenizer(cfg.model)
-        start = time.perf_counter()
-        if st.finetune == "generate":  # chat prompts, and answers to learn (pipeline/generative/inputs.py)
-            from pipeline.generative.inputs import build_conversations
-
-            self.inputs = build_conversations(self.tokenizer, data.train_texts, data.test_texts, data.label_cols,
-                                              cfg.model)
-        else:
-            self.inputs = Encoded(
-                tokenize(self.tokenizer, format_texts(data.train_texts, cfg.model.prompt), st.max_length,
-                         st.append_eos),
-                tokenize(self.tokenizer, format_texts(data.test_texts, cfg.model.prompt), st.max_length,
-                         st.append_eos),
-                self.tokenizer.pad_token_id, self.tokenizer.padding_side)
-            cut = sum(len(ids) >= st.max_length for ids in self.inputs.train + self.inputs.test)
-            log.info("tokenized %d train + %d test texts in %.1f s (max_length %d; %d texts reach it and are cut)",
-                     len(data.train), len(data.test), time.perf_counter() - start, st.max_length, cut)
+        self.inputs = text_inputs(self.tokenizer, cfg.model, data.train_texts, data.test_texts, data.label_cols)
         self.progress = None
         if not quiet:
             from functools import partial
@@ -191,7 +175,7 @@ class _NeuralFolds:
             self.progress = partial(tqdm, leave=False, dynamic_ncols=True,
                                     disable=not accelerator.is_local_main_process)
         self.feature_seconds = 0.0
-        if st.finetune == "head":
+        if settings(cfg.model).finetune == "head":
             self.inputs = self._features()
 
     def _features(self):

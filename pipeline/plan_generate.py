@@ -1,5 +1,5 @@
 """The memory terms model.finetune='generate' adds to the dry-run plan (pipeline/plan.py): tokens per row of the
-chat prompt and answer, the full-vocabulary logits of training, and the prompt KV cache that label scoring repeats.
+chat prompt and answer, the full-vocabulary logits of training, and the prompt KV cache label scoring continues.
 
 The plan has no tokenizer, so fixed texts (system message, user template, label words) are counted at
 CHARS_PER_TOKEN characters a token: about half the ~4 characters a token of English under the BPE vocabularies
@@ -91,45 +91,44 @@ def logits_memory(tokens: int, vocab: int) -> tuple:
     return tokens * (4 * vocab + 8), tokens * 8 * vocab
 
 
-def scoring_sequences(n_labels: int) -> int:
-    """Continuation sequences label scoring runs per row: from the start state, the root of the first label's
-    trie; from each label state j, the root (separator or end) and the node after the separator (which label):
-    2L + 1 (the design of pipeline/generative/scoring.py)."""
-    return 2 * n_labels + 1
+def packed_tokens(p: PromptTokens) -> int:
+    """Bound on the continuation tokens label scoring packs into one sequence per row (pipeline/generative/
+    scoring.py): at most one carrier per label state (its label, then the separator's start) and one per inner
+    node of the first item's trie, each at most a label's tokens plus one: 2L x (label + 1)."""
+    return 2 * p.n_labels * (p.label + 1)
 
 
 @dataclass(frozen=True)
 class ScoringMemory:
     """Bytes of one eval batch of label scoring (no grad), by term."""
     prompt_cache: int  # the prompt's KV cache after the prefill
-    kv_cache: int  # the prompt cache, kept once and repeated per continuation sequence, with the continuations'
+    kv_cache: int  # that cache grown by the packed continuation tokens
     prefill: int  # the prefill's transient: block workspace and the logits of every prompt position
-    continuation: int  # the continuation forward's transient: GQA-repeated K/V of one layer, logits, softmax
+    continuation: int  # the packed forward's transient: its 4-D mask, GQA-repeated K/V of one layer, logits
 
     @property
     def total(self) -> int:
-        """Peak: the prefill (one cache) or the continuations (every copy), whichever is larger."""
+        """Peak: the prefill or the packed continuation forward, whichever is larger."""
         return max(self.prompt_cache + self.prefill, self.kv_cache + self.continuation)
 
 
 def scoring_memory(eval_batch: int, p: PromptTokens, vocab: int, layers: int, heads: int, kv_heads: int,
                    head_dim: int, cache_bytes: int, compute_bytes: int, workspace_per_token: float) -> ScoringMemory:
-    """Peak bytes of scoring one eval batch of `eval_batch` rows: prefill the prompt (p.prompt tokens), then
-    scoring_sequences(L) continuations per row of at most 2 labels + a separator (the state's label, then the
-    branching node's prefix) over the prompt's KV cache repeated per continuation (repeat_interleave copies it).
-    cache_bytes: bytes of one cached K or V element (what the k/v projections return); workspace_per_token: the
-    inference workspace of one block per token (pipeline.plan._inference_workspace)."""
-    seqs = eval_batch * scoring_sequences(p.n_labels)
-    extra = 2 * p.label  # continuation tokens per sequence
+    """Peak bytes of scoring one eval batch of `eval_batch` rows: prefill the prompt (p.prompt tokens), then one
+    forward of packed_tokens(p) continuation tokens per row over that row's own KV cache, with a block-diagonal
+    additive mask (compute dtype, plus its boolean source). cache_bytes: bytes of one cached K or V element (what
+    the k/v projections return); workspace_per_token: the inference workspace of one block per token
+    (pipeline.plan._inference_workspace)."""
+    packed = packed_tokens(p)
     per_token = 2 * layers * kv_heads * head_dim * cache_bytes  # K and V of every block
     prompt_cache = eval_batch * p.prompt * per_token
-    # the repeat replaces the cache layer by layer, but the scorer may keep the original for the next state
-    kv = prompt_cache + seqs * (p.prompt + extra) * per_token
+    kv = eval_batch * (p.prompt + packed) * per_token
     prefill = int(eval_batch * p.prompt * (workspace_per_token + vocab * compute_bytes))
-    # with a padding mask, sdpa_attention_forward repeats one layer's K and V to every query head
-    repeated = seqs * (p.prompt + extra) * 2 * heads * head_dim * compute_bytes if heads != kv_heads else 0
-    logits = seqs * extra * vocab * compute_bytes + seqs * vocab * 4  # every continuation position; fp32 softmax
-    continuation = int(repeated + logits + seqs * extra * workspace_per_token)
+    mask = eval_batch * packed * (p.prompt + packed) * (compute_bytes + 1)
+    # with a mask, sdpa_attention_forward repeats one layer's K and V to every query head
+    repeated = eval_batch * (p.prompt + packed) * 2 * heads * head_dim * compute_bytes if heads != kv_heads else 0
+    logits = eval_batch * packed * vocab * compute_bytes  # every packed position
+    continuation = int(mask + repeated + logits + eval_batch * packed * workspace_per_token)
     return ScoringMemory(prompt_cache=prompt_cache, kv_cache=kv, prefill=prefill, continuation=continuation)
 
 
@@ -142,6 +141,6 @@ def render_prompt(p: PromptTokens, eval_batch: int) -> list:
                          ("user template around the text", p.user), ("text (max_length)", p.text),
                          (f"longest answer (all {p.n_labels} labels)", p.answer), ("row (prompt + answer)", p.row)):
         lines.append(f"  {label:44s}{value:>10,}")
-    lines.append(f"Scoring       eval batch {eval_batch} x {scoring_sequences(p.n_labels)} continuation sequences "
-                 f"(2L+1) of <= {2 * p.label} tokens over the {p.prompt}-token prompt's KV cache")
+    lines.append(f"Scoring       eval batch {eval_batch} x <= {packed_tokens(p)} continuation tokens packed in one "
+                 f"sequence a row, over its {p.prompt}-token prompt's KV cache")
     return lines

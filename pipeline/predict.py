@@ -51,19 +51,11 @@ def _neural_logits(cfg: RunConfig, folders: list, texts: list, n_labels: int, pr
     from pipeline.cv import make_accelerator
     from pipeline.models import FeatureExtractor, HeadClassifier, build_model, load_fold_model, load_tokenizer
     from pipeline.presets import settings
-    from pipeline.train import Encoded, Features, format_texts, predict_logits, release, tokenize
+    from pipeline.train import Features, predict_logits, release, text_inputs
 
     st = settings(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
-    if st.finetune == "generate":  # chat prompts with the answer format the folds were trained on
-        from pipeline.generative.inputs import build_conversations
-        from pipeline.generative.model import read_format
-
-        fmt, label_cols = read_format(folders[0])
-        inputs = build_conversations(tokenizer, [], texts, label_cols, cfg.model, fmt)
-    else:
-        inputs = Encoded([], tokenize(tokenizer, format_texts(texts, cfg.model.prompt), st.max_length,
-                                      st.append_eos), tokenizer.pad_token_id, tokenizer.padding_side)
+    inputs = text_inputs(tokenizer, cfg.model, [], texts, kept=folders[0])  # as the folds were trained
     accelerator = make_accelerator(cfg)
     index, batch = np.arange(len(texts)), cfg.train.eval_batch_size
     if st.finetune == "head":

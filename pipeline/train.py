@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
-from pipeline.generative.inputs import Conversations
-from pipeline.generative.model import build_generator, generated_preds
+from pipeline.generative.inputs import Conversations, build_conversations
+from pipeline.generative.model import build_generator, generated_preds, read_format
 from pipeline.models import HeadClassifier, build_model, save_fold_model, trainable_state
 from pipeline.presets import settings, train_settings
 from pipeline.tasks import task_for
@@ -111,6 +111,29 @@ def tokenize(tokenizer, texts: list, max_length: int, append_eos: bool = False) 
         raise ConfigError("model.append_eos is set but the tokenizer has no eos token")
     ids = tokenizer(list(texts), truncation=True, max_length=max_length - 1)["input_ids"]
     return [row if row and row[-1] == eos else row + [eos] for row in ids]
+
+
+def text_inputs(tokenizer, model_cfg, train_texts: list, test_texts: list, label_cols: Optional[list] = None,
+                kept: Optional[Path] = None):
+    """The token inputs of a run's texts, computed once: `Encoded` ids of the (prompted) texts, or under
+    model.finetune='generate' the `Conversations` (chat prompts with the run's label columns; kept: a kept fold
+    model's folder, whose answer format and label columns are used instead of building them)."""
+    st = settings(model_cfg)
+    if st.finetune == "generate":
+        fmt = None
+        if kept is not None:
+            fmt, label_cols = read_format(kept)
+        return build_conversations(tokenizer, train_texts, test_texts, label_cols, model_cfg, fmt)
+    start = time.perf_counter()
+
+    def encode(texts: list) -> list:
+        return tokenize(tokenizer, format_texts(texts, model_cfg.prompt), st.max_length, st.append_eos)
+
+    inputs = Encoded(encode(train_texts), encode(test_texts), tokenizer.pad_token_id, tokenizer.padding_side)
+    cut = sum(len(ids) >= st.max_length for ids in inputs.train + inputs.test)
+    log.info("tokenized %d train + %d test texts in %.1f s (max_length %d; %d texts reach it and are cut)",
+             len(train_texts), len(test_texts), time.perf_counter() - start, st.max_length, cut)
+    return inputs
 
 
 class _Rows(Dataset):

@@ -17,7 +17,7 @@ from pipeline.config import ModelConfig, load_config
 from pipeline.cv import run_cv
 from pipeline.errors import ConfigError
 from pipeline.generative.answers import answer_ids, build_format, prompt_ids, system_message
-from pipeline.generative.inputs import IGNORE, build_conversations, cut_texts
+from pipeline.generative.inputs import IGNORE, build_conversations, cut_texts, shared_prefix
 from pipeline.generative.model import build_generator
 from pipeline.models import load_tokenizer
 
@@ -91,18 +91,37 @@ def test_the_loss_mask_keeps_exactly_the_answer_tokens(tokenizer, side):
     assert conv.padding_side == side
     batch = conv.collate()([conv.dataset("train", np.arange(3), labels)[i] for i in range(3)])
     ids_, mask, lm_labels = (batch["inputs"][k] for k in ("input_ids", "attention_mask", "lm_labels"))
+    n = len(conv.prefix)  # the chat's shared start goes once per batch
+    assert n > 10 and batch["inputs"]["prefix_ids"].tolist() == [list(conv.prefix)]
     for i in range(3):
         real = mask[i].bool()
         answer = answer_ids(conv.fmt, labels[i][conv.answer_order()])
         assert lm_labels[i][lm_labels[i] != IGNORE].tolist() == answer  # every answer token, and nothing else
-        assert ids_[i][real].tolist() == conv.train[i] + answer  # the prompt then the answer, no gap
+        assert conv.train[i][:n] == list(conv.prefix)
+        assert ids_[i][real].tolist() == conv.train[i][n:] + answer  # the prompt's rest then the answer, no gap
         assert (lm_labels[i][~real] == IGNORE).all()
         n_pad = int((~real).sum())
         assert (real[:n_pad] == 0).all() if side == "left" and n_pad else (real[len(real) - n_pad:] == 0).all()
     # prediction batches carry the prompt alone, and no lm_labels
     pred = conv.collate()([conv.dataset("train", np.arange(3), None)[i] for i in range(3)])
     assert "lm_labels" not in pred["inputs"]
-    assert pred["inputs"]["attention_mask"].sum(1).tolist() == [len(p) for p in conv.train]
+    assert pred["inputs"]["attention_mask"].sum(1).tolist() == [len(p) - n for p in conv.train]
+
+
+def test_the_shared_prefix_is_the_longest_common_start_leaving_every_row_a_token():
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 7]]) == (1, 2)
+    assert shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == (1, 2)  # never a whole prompt
+    assert shared_prefix([[5, 6]]) == () and shared_prefix([[1, 2], [3, 4]]) == ()
+
+
+def _full_rows(batch: dict) -> dict:
+    """The batch's rows with the shared prefix put back in front of each (pads, if left, sit between them)."""
+    prefix, rows = batch["prefix_ids"], len(batch["input_ids"])
+    out = {"input_ids": torch.cat([prefix.expand(rows, -1), batch["input_ids"]], 1),
+           "attention_mask": torch.cat([torch.ones_like(prefix).expand(rows, -1), batch["attention_mask"]], 1)}
+    if "lm_labels" in batch:
+        out["lm_labels"] = torch.cat([torch.full_like(prefix, IGNORE).expand(rows, -1), batch["lm_labels"]], 1)
+    return out
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -118,15 +137,71 @@ def test_the_answer_loss_equals_the_language_models_own_cross_entropy(tokenizer,
     model = build_generator(cfg, conv.fmt, LABELS, tok)
     model.eval()
     batch = conv.collate()([conv.dataset("train", np.arange(3), labels)[i] for i in range(3)])["inputs"]
+    full = _full_rows(batch)
     with torch.no_grad():
         loss = model(**batch)
-        positions = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)
-        reference = model.lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             position_ids=positions, labels=batch["lm_labels"]).loss
+        positions = (full["attention_mask"].cumsum(1) - 1).clamp(min=0)
+        reference = model.lm(input_ids=full["input_ids"], attention_mask=full["attention_mask"],
+                             position_ids=positions, labels=full["lm_labels"]).loss
+        without_prefix = model(**full)  # the same rows whole: no cache
     assert loss.ndim == 0 and torch.isfinite(loss)
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(without_prefix, reference, rtol=1e-5, atol=1e-6)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)  # adapters only: the base and its LM head stay
+
+
+def _adapter_grads(model, batch: dict) -> dict:
+    model.zero_grad()
+    model(**batch).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_the_shared_prefix_run_once_gives_the_gradients_of_whole_rows(tokenizer, side):
+    """Training on the prefix's KV cache (run once per batch, expanded per row) gives the adapters the gradients
+    of the whole rows, including through the prefix; with gradient checkpointing the prefix goes in front of
+    every row instead, with the same gradients."""
+    cfg = model_cfg(padding_side=side, lora_dropout=0.0)
+    tok = load_tokenizer(cfg)
+    labels = np.array([[0, 0, 1, 0], [1, 1, 0, 1], [0, 0, 0, 0]], dtype=np.int8)
+    conv = build_conversations(tok, ["happy smile", "a longer text about a furious and scared day", "hate"], [],
+                               LABELS, cfg)
+    set_seed(0)
+    model = build_generator(cfg, conv.fmt, LABELS, tok)
+    model.train()
+    for name, p in model.named_parameters():  # lora_B starts at zero: give every adapter a gradient path
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    batch = conv.collate()([conv.dataset("train", np.arange(3), labels)[i] for i in range(3)])["inputs"]
+    cached, whole = _adapter_grads(model, batch), _adapter_grads(model, _full_rows(batch))
+    assert any("layers.0." in n and g.abs().sum() > 0 for n, g in cached.items())
+    for name in whole:
+        torch.testing.assert_close(cached[name], whole[name], rtol=1e-4, atol=1e-6)
+    model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = _adapter_grads(model, batch)
+    for name in whole:
+        torch.testing.assert_close(checkpointed[name], whole[name], rtol=1e-4, atol=1e-6)
+
+
+def test_scores_with_the_prefix_run_once_equal_scores_of_whole_prompts(tokenizer):
+    from pipeline.generative.scoring import label_scores
+
+    cfg = model_cfg(padding_side="left")
+    conv = build_conversations(tokenizer, ["happy smile", "a longer text about a furious day", "hate"], [],
+                               LABELS, cfg)
+    set_seed(0)
+    model = build_generator(cfg, conv.fmt, LABELS, tokenizer)
+    model.eval()
+    n = len(conv.prefix)
+    whole = label_scores(model.lm, conv.fmt, conv.train, 2)
+    shared = label_scores(model.lm, conv.fmt, [p[n:] for p in conv.train], 2, prefix=conv.prefix)
+    np.testing.assert_allclose(shared, whole, rtol=0, atol=1e-6)
+    batch = conv.collate()([conv.dataset("train", np.arange(3), None)[i] for i in range(3)])["inputs"]
+    with torch.no_grad():
+        logits = model(**batch).numpy()
+    expected = np.log(whole) - np.log1p(-whole)
+    np.testing.assert_allclose(logits, expected[:, [conv.fmt.columns.index(c) for c in LABELS]], atol=1e-4)
 
 
 def test_config_checks_for_generate():

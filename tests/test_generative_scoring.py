@@ -131,10 +131,10 @@ def test_row_alone_equals_row_in_padded_batch(model_type):
     lm = tiny_lm(vocab, model_type)
     prompts = random_prompts(7, vocab, low=2, high=20)
     batch = label_scores(lm, fmt, prompts, batch_size=7)
-    chunked = label_scores(lm, fmt, prompts, batch_size=3, chunk_sequences=5)  # pairs split across forwards
+    split = label_scores(lm, fmt, prompts, batch_size=3)  # rows split across batches
     alone = np.stack([label_scores(lm, fmt, [p], batch_size=1)[0] for p in prompts])
     np.testing.assert_allclose(batch, alone, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(chunked, alone, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(split, alone, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("model_type", ["qwen2", "llama"])
@@ -153,13 +153,13 @@ def test_lattice_equals_brute_force_where_markov_context_is_exact(model_type, no
 
 @pytest.mark.parametrize("fmt_kind", ["hand", "tokenizer"])
 def test_lattice_equals_reference_with_shared_first_ids(fmt_kind):
-    """More labels (the Markov approximation in play): the cached, deduplicated, chunked computation equals the
+    """More labels (the Markov approximation in play): the cached, deduplicated, packed computation equals the
     lattice computed directly from full forwards; candidates share first ids (',' before every later label,
     labels 0 and 1 both starting with id 30 in the hand format)."""
     fmt, vocab = (hand_format(4), VOCAB) if fmt_kind == "hand" else tokenizer_format()
     lm = tiny_lm(vocab, seed=3)
     prompts = random_prompts(3, vocab, seed=4)
-    scores = label_scores(lm, fmt, prompts, batch_size=2, chunk_sequences=7)
+    scores = label_scores(lm, fmt, prompts, batch_size=2)
     for row, prompt in zip(scores, prompts):
         np.testing.assert_allclose(row, reference_lattice(lm, fmt, prompt), atol=1e-6, rtol=0)
 
@@ -273,3 +273,17 @@ def test_parse_answer_round_trips_every_canonical_answer():
 def test_parse_answer_rejects_non_canonical(name, ids):
     with pytest.raises(ValueError, match="not a canonical answer"):
         parse_answer(hand_format(4), ids)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+def test_a_shared_prefix_run_once_gives_the_scores_and_answers_of_whole_prompts(model_type):
+    fmt, vocab = tokenizer_format()
+    lm = tiny_lm(vocab, model_type, seed=5)
+    prefix = tuple(random_prompts(1, vocab, seed=6, low=8, high=9)[0])
+    rests = random_prompts(9, vocab, seed=7, low=1, high=12)
+    whole = [list(prefix) + r for r in rests]
+    np.testing.assert_allclose(label_scores(lm, fmt, rests, batch_size=4, prefix=prefix),
+                               label_scores(lm, fmt, whole, batch_size=4), atol=1e-6, rtol=0)
+    answers = generate_labels(lm, fmt, whole, batch_size=4)
+    np.testing.assert_array_equal(generate_labels(lm, fmt, rests, batch_size=4, prefix=prefix), answers)
+    assert len({tuple(a) for a in answers}) > 2  # rows write different answers

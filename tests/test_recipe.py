@@ -13,7 +13,7 @@ import yaml
 
 from pipeline import cli
 from pipeline import pretrain as pretrain_mod
-from pipeline.errors import ConfigError, RunDirError
+from pipeline.errors import RunDirError
 from pipeline.recipe import (RECORD, SUBMISSION, check_same_folds, check_steps, load_recipe, parse_recipe,
                              recipe_main, recipe_steps)
 

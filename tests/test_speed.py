@@ -168,3 +168,19 @@ def test_too_few_rows_is_one_line_naming_the_flag(speed, tmp_path, comp_dir, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: --rows 20 is too few")
     assert "tiny-encoder needs 48" in err[0] and "tiny-decoder needs 24" in err[0] and not out.exists()
+
+
+def test_generate_speed_script_on_a_tiny_decoder(comp_dir, tmp_path):
+    """benchmarks/generate_speed.py end to end on tiny-qwen2 in generate mode: every rate written, positive."""
+    out = tmp_path / "generate-speed.json"
+    script = ROOT / "benchmarks" / "generate_speed.py"
+    done = subprocess.run([sys.executable, str(script), "--data-dir", str(comp_dir), "--rows", "12",
+                           "--train-batches", "2", "--set", "model.preset=tiny-qwen2", "--set", "train.batch_size=4",
+                           "--set", "train.eval_batch_size=5", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    for key in ("train_rows_per_s", "score_rows_per_s", "generate_rows_per_s"):
+        assert result[key] > 0 and math.isfinite(result[key]), key
+    assert result["shared_prefix_tokens"] > 10 and result["rows"] == 12 and result["train_batch"] == 4
+    assert "score_rows_per_s" in done.stdout

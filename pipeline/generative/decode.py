@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from pipeline.generative.answers import AnswerFormat
-from pipeline.generative.scoring import DONE, START, Lattice, _check_prompts, lattice_of, left_pad, lm_device, pad_id_of
+from pipeline.generative.scoring import (DONE, START, Lattice, _check_prompts, lattice_of, left_pad, lm_device,
+                                         pad_id_of, select_cache)
 
 
 def _walk(lattice: Lattice, ids) -> tuple:
@@ -81,12 +82,13 @@ class _Finished:
 
 
 def generate_labels(lm, fmt: AnswerFormat, prompts: list, batch_size: int,
-                    max_new_tokens: Optional[int] = None) -> np.ndarray:
+                    max_new_tokens: Optional[int] = None, prefix: tuple = ()) -> np.ndarray:
     """Greedy answers constrained to canonical ones, parsed back to labels.
 
     lm: a causal LM (or a peft model around one) in eval mode; prompts: n lists of prompt token ids
     (unpadded); batch_size: rows per generate call; max_new_tokens: cap on answer tokens (default: the
-    longest canonical answer, so no answer is cut; a smaller cap steers rows to answers that fit).
+    longest canonical answer, so no answer is cut; a smaller cap steers rows to answers that fit); prefix: token
+    ids shared by every prompt and not repeated in `prompts`, run once (its KV cache is reused by every batch).
     Returns (n, L) int8 0/1 in fmt.columns order.
     """
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
@@ -108,12 +110,20 @@ def generate_labels(lm, fmt: AnswerFormat, prompts: list, batch_size: int,
                               eos_token_id=stop_id)
     order = np.argsort([len(p) for p in prompts], kind="stable")
     preds = np.zeros((len(prompts), lattice.n_labels), dtype=np.int8)
+    device = lm_device(lm)
     with torch.inference_mode():
+        prefix_ids = torch.as_tensor([list(prefix)], dtype=torch.long, device=device)
+        prefix_cache = lm(input_ids=prefix_ids, use_cache=True, logits_to_keep=1).cache if prefix else None
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            ids, mask, _ = left_pad([list(prompts[i]) for i in idx], pad_id, lm_device(lm))
+            ids, mask, _ = left_pad([list(prompts[i]) for i in idx], pad_id, device)
+            cache = None
+            if prefix:  # the prefix's cache per row; generate runs the rest (pads between them are masked)
+                cache = select_cache(prefix_cache, torch.zeros(len(idx), dtype=torch.long, device=device))
+                ids = torch.cat([prefix_ids.expand(len(idx), -1), ids], 1)
+                mask = torch.cat([torch.ones_like(prefix_ids).expand(len(idx), -1), mask], 1)
             width = ids.shape[1]
-            out = lm.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+            out = lm.generate(input_ids=ids, attention_mask=mask, generation_config=config, cache=cache,
                               logits_processor=LogitsProcessorList([_Constrain(lattice, width, max_new, stop_id)]),
                               stopping_criteria=StoppingCriteriaList([_Finished(lattice, width)]))
             for i, row in zip(idx, out[:, width:].tolist()):

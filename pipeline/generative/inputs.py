@@ -1,6 +1,10 @@
 """The inputs of model.finetune='generate': every text's chat prompt ids (system message with the label words, user
 message with the text cut to model.max_length tokens, generation prompt), computed once per run. Training rows add
-their canonical answer ids, and only those are learned (lm_labels = -100 on the prompt and on padding)."""
+their canonical answer ids, and only those are learned (lm_labels = -100 on the prompt and on padding).
+
+The chat's start (system message with the label words, the user turn's header) is the same token ids for every
+text: batches carry it once as `prefix_ids` and each row only its own remainder, and the model runs the shared
+prefix once per batch (LabelGenerator), which halves the tokens a row costs with SmolLM2's template."""
 from __future__ import annotations
 
 import logging
@@ -28,6 +32,7 @@ class Conversations:
     label_cols: list  # the run's label columns (order of the label matrix and of every output)
     pad_id: int
     padding_side: str
+    prefix: tuple = ()  # the token ids every prompt starts with (shared_prefix), sent once per batch
 
     def split(self, name: str) -> list:
         return self.train if name == "train" else self.test
@@ -46,7 +51,7 @@ class Conversations:
         return _Chats(self.split(name), index, labels, self.fmt, self.answer_order())
 
     def collate(self):
-        return _ChatCollate(self.pad_id, self.padding_side)
+        return _ChatCollate(self.pad_id, self.padding_side, self.prefix)
 
 
 class _Chats(Dataset):
@@ -67,13 +72,24 @@ class _Chats(Dataset):
 
 
 class _ChatCollate:
-    """Pads a batch to its longest conversation on the tokenizer's side; training batches also get `lm_labels`:
-    the ids of the answer tokens, IGNORE on the prompt and on padding."""
+    """Pads a batch to its longest conversation on the tokenizer's side, after taking the shared `prefix` off every
+    row (the batch carries it once as `prefix_ids`, (1, len(prefix))); training batches also get `lm_labels`: the
+    ids of the answer tokens, IGNORE on the prompt and on padding."""
 
-    def __init__(self, pad_id: int, padding_side: str):
-        self.pad_id, self.left = pad_id, padding_side == "left"
+    def __init__(self, pad_id: int, padding_side: str, prefix: tuple = ()):
+        self.pad_id, self.left, self.prefix = pad_id, padding_side == "left", tuple(prefix)
+
+    def _strip(self, items) -> list:
+        n = len(self.prefix)
+        if not n:
+            return items
+        for it in items:
+            assert tuple(it["input_ids"][:n]) == self.prefix, "every prompt starts with the shared prefix"
+        return [{**it, "input_ids": it["input_ids"][n:], **({"n_prompt": it["n_prompt"] - n} if "n_prompt" in it
+                                                            else {})} for it in items]
 
     def __call__(self, items) -> dict:
+        items = self._strip(items)
         width = max(len(it["input_ids"]) for it in items)
         ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
@@ -89,10 +105,24 @@ class _ChatCollate:
         batch = {"input_ids": ids, "attention_mask": mask}
         if train:
             batch["lm_labels"] = lm_labels
+        if self.prefix:
+            batch["prefix_ids"] = torch.tensor([self.prefix], dtype=torch.long)
         out = {"row": torch.tensor([it["row"] for it in items]), "inputs": batch}
         if "labels" in items[0]:
             out["labels"] = torch.tensor(np.stack([it["labels"] for it in items]), dtype=torch.float32)
         return out
+
+
+def shared_prefix(prompts: list) -> tuple:
+    """The token ids every prompt starts with, up to one short of the shortest prompt (so every row keeps a token
+    of its own); () for fewer than two prompts, where nothing is shared."""
+    if len(prompts) < 2:
+        return ()
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        while n and p[:n] != first[:n]:
+            n -= 1
+    return tuple(first[:n])
 
 
 def cut_texts(tokenizer, texts: list, max_length: int) -> tuple:
@@ -133,4 +163,6 @@ def build_conversations(tokenizer, train_texts: list, test_texts: list, label_co
     log.info("chat prompts of %d train + %d test texts in %.1f s (texts cut to %d tokens: %d; longest prompt %d "
              "tokens; answers of %d labels in the order %s)", len(train), len(test), time.perf_counter() - start,
              st.max_length, cut_train + cut_test, longest, len(fmt.columns), ", ".join(fmt.words))
-    return Conversations(train, test, fmt, list(label_cols), tokenizer.pad_token_id, tokenizer.padding_side)
+    prefix = shared_prefix(train + test)
+    log.info("shared chat prefix: %d tokens, run once per batch", len(prefix))
+    return Conversations(train, test, fmt, list(label_cols), tokenizer.pad_token_id, tokenizer.padding_side, prefix)

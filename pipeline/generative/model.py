@@ -27,25 +27,48 @@ class LabelGenerator(nn.Module):
         # the lattice gives labels in answer order; outputs follow the run's label columns
         self.to_run = [fmt.columns.index(c) for c in self.label_cols]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                lm_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """input_ids, attention_mask, lm_labels: (batch, seq). With lm_labels: the scalar mean cross-entropy over
-        the answer tokens (lm_labels != -100). Without: (batch, n_labels) float32 logits, log(p / (1 - p))."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lm_labels: Optional[torch.Tensor] = None,
+                prefix_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """input_ids, attention_mask, lm_labels: (batch, seq), each row after the shared `prefix_ids` (1, p) when
+        given. With lm_labels: the scalar mean cross-entropy over the answer tokens (lm_labels != -100). Without:
+        (batch, n_labels) float32 logits, log(p / (1 - p))."""
         if lm_labels is None:
-            return self.label_logits(input_ids, attention_mask)
-        return self.answer_loss(input_ids, attention_mask, lm_labels)
+            return self.label_logits(input_ids, attention_mask, prefix_ids)
+        return self.answer_loss(input_ids, attention_mask, lm_labels, prefix_ids)
 
-    def answer_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    lm_labels: torch.Tensor) -> torch.Tensor:
+    def _prefix_cache(self, prefix_ids: torch.Tensor, rows: int):
+        """The KV cache of the shared prefix, run once, with one entry per row (gradients reach the prefix's
+        adapters through it in training)."""
+        from pipeline.generative.scoring import select_cache
+
+        cache = self.lm(input_ids=prefix_ids, use_cache=True, logits_to_keep=1).cache
+        return select_cache(cache, torch.zeros(rows, dtype=torch.long, device=prefix_ids.device))
+
+    def answer_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lm_labels: torch.Tensor,
+                    prefix_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         answer = lm_labels != -100
         assert bool(answer.any(1).all()), "every training row has answer tokens (answers.build_format checks)"
+        cache, rows = None, len(input_ids)
+        if prefix_ids is not None:
+            if getattr(self.lm, "is_gradient_checkpointing", False):
+                # checkpointed blocks are run again in backward and would write the cache twice: the prefix goes in
+                # front of every row instead (the pads between them are masked; positions follow the mask)
+                input_ids = torch.cat([prefix_ids.expand(rows, -1), input_ids], 1)
+                lm_labels = torch.cat([lm_labels.new_full((rows, prefix_ids.shape[1]), -100), lm_labels], 1)
+                attention_mask = torch.cat([torch.ones_like(prefix_ids).expand(rows, -1), attention_mask], 1)
+                answer = lm_labels != -100
+            else:
+                cache = self._prefix_cache(prefix_ids, rows)
+        offset = 0 if cache is None else prefix_ids.shape[1]
+        full_mask = attention_mask if cache is None else torch.cat(
+            [torch.ones_like(prefix_ids).expand(rows, -1), attention_mask], 1)
+        positions = (attention_mask.long().cumsum(1) - 1).clamp(min=0) + offset
         # the LM head (vocabulary-wide) runs only from the first position that predicts an answer token on: with
         # left padding the answers end every row, so that is a few positions instead of the whole chat
         start = int(answer.long().argmax(1).min()) - 1
         keep = input_ids.shape[1] - start
-        positions = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-        logits = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                         use_cache=False, logits_to_keep=keep).logits  # (batch, keep, vocab): positions start..
+        logits = self.lm(input_ids=input_ids, attention_mask=full_mask, position_ids=positions, cache=cache,
+                         use_cache=cache is not None, logits_to_keep=keep).logits  # (batch, keep, vocab)
         targets = torch.cat([lm_labels[:, start + 1:], lm_labels.new_full((len(lm_labels), 1), -100)], 1)
         return nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
 
@@ -53,20 +76,26 @@ class LabelGenerator(nn.Module):
     def _prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list:
         return [ids[mask.bool()].tolist() for ids, mask in zip(input_ids.cpu(), attention_mask.cpu())]
 
-    def label_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Padded prompts (batch, seq) -> (batch, n_labels) log-odds of P(label in the answer)."""
+    def label_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     prefix_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Padded prompts (batch, seq), after the shared prefix_ids (1, p) when given -> (batch, n_labels) log-odds
+        of P(label in the answer)."""
         from pipeline.generative.scoring import label_scores
 
         prompts = self._prompts(input_ids, attention_mask)
-        probs = np.clip(label_scores(self.lm, self.fmt, prompts, len(prompts))[:, self.to_run], _CLIP, 1 - _CLIP)
+        prefix = () if prefix_ids is None else tuple(prefix_ids[0].tolist())
+        probs = label_scores(self.lm, self.fmt, prompts, len(prompts), prefix=prefix)[:, self.to_run]
+        probs = np.clip(probs, _CLIP, 1 - _CLIP)
         return torch.as_tensor(np.log(probs) - np.log1p(-probs), dtype=torch.float32, device=input_ids.device)
 
-    def generated_labels(self, prompts: list, batch_size: int) -> np.ndarray:
-        """prompts: lists of prompt ids (unpadded). Returns (n, n_labels) int8 0/1: the labels of the answer that
-        greedy generation constrained to canonical answers writes (decode.py), in the run's label order."""
+    def generated_labels(self, prompts: list, batch_size: int, prefix: tuple = ()) -> np.ndarray:
+        """prompts: lists of prompt ids (unpadded; each after the shared `prefix` ids when given). Returns
+        (n, n_labels) int8 0/1: the labels of the answer that greedy generation constrained to canonical answers
+        writes (decode.py), in the run's label order."""
         from pipeline.generative.decode import generate_labels
 
-        return np.asarray(generate_labels(self.lm, self.fmt, prompts, batch_size), dtype=np.int8)[:, self.to_run]
+        labels = generate_labels(self.lm, self.fmt, prompts, batch_size, prefix=prefix)
+        return np.asarray(labels, dtype=np.int8)[:, self.to_run]
 
     def save(self, folder: Path) -> None:
         """The adapter (peft `save_pretrained`) and the answer format into `folder`."""
@@ -130,7 +159,7 @@ def load_generator(model_cfg, folder: Path, tokenizer=None, device=None) -> tupl
 
 def generated_preds(model: LabelGenerator, inputs, split: str, index: np.ndarray, batch_size: int) -> np.ndarray:
     """(len(index), n_labels) int8 0/1 constrained-generation labels of rows `index` of `inputs` (Conversations)."""
-    prompts = inputs.split(split)
+    prompts, n = inputs.split(split), len(inputs.prefix)
     model.eval()
     with torch.no_grad():
-        return model.generated_labels([prompts[i] for i in index], batch_size)
+        return model.generated_labels([prompts[i][n:] for i in index], batch_size, prefix=inputs.prefix)

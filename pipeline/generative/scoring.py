@@ -3,11 +3,11 @@ last label written was j"; each state's next items (labels later in the canonica
 form a trie of token ids, scored at its branching nodes with the model's next-token distribution renormalized
 over the branches; P(label k in the answer) is the forward probability of reaching state k.
 
-Cost per row: one prefill of the prompt, then one short forward per continuation sequence (a label's first
-ids, maybe plus the shared start of the next items) on the prompt's KV cache repeated per sequence. The
-repeated cache holds `chunk_sequences` prompt copies at a time (default 4 x batch_size): its size is
-chunk_sequences x prompt width x layers x 2 x kv heads x head dim x bytes per value (SmolLM2-135M: 46 KB per
-token in fp32, so 64 sequences of 80 tokens = 0.24 GB).
+Cost per batch: the shared prompt prefix once, one prefill of each row's rest of the prompt, then one forward of
+the continuation sequences (a label's first ids, maybe plus the shared start of the next items: 10 sequences of
+2-4 tokens, 30 tokens, for the emotion labels through SmolLM2's tokenizer) packed into one sequence per row over
+that row's own KV cache, with a block-diagonal causal mask so each sequence sees the prompt and only itself. No
+cache is copied per sequence: the batch's cache grows by the packed tokens (SmolLM2-135M: 46 KB per token in fp32).
 """
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def _check_prompts(prompts: list) -> None:
         raise ValueError(f"{len(empty)} prompts have no token ids (first rows: {empty[:5]})")
 
 
-def _select_cache(cache, rows: torch.Tensor):
+def select_cache(cache, rows: torch.Tensor):
     """A cache holding `cache`'s batch entries `rows` (repeats allowed); the original is left untouched
     (layers are copied shallowly; selecting builds new tensors)."""
     import copy
@@ -197,37 +197,46 @@ def _select_cache(cache, rows: torch.Tensor):
 
 
 def _branch_logits(lm, lattice: Lattice, prompts: list, vocab_keep: torch.Tensor, carriers: list,
-                   chunk_sequences: int) -> tuple:
+                   prefix_cache=None) -> tuple:
     """One batch: the prompt's last-token logits (rows, |keep|) and each carrier's logits at every position
-    (rows, n_carriers, width, |keep|), both restricted to the token ids `vocab_keep`, as float64."""
+    (rows, n_carriers, width, |keep|), both restricted to the token ids `vocab_keep`, as float64. prefix_cache:
+    the KV cache (one entry) of the ids every prompt follows, or None."""
     device = lm_device(lm)
     ids, mask, positions = left_pad(prompts, pad_id_of(lm), device)
     keep = vocab_keep.to(device)
-    out = lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = None
+    if prefix_cache is not None:  # rows continue the shared prefix: positions and mask count it
+        n = prefix_cache.get_seq_length()
+        cache = select_cache(prefix_cache, torch.zeros(len(prompts), dtype=torch.long, device=device))
+        mask = torch.cat([torch.ones((len(prompts), n), dtype=torch.long, device=device), mask], 1)
+        positions = positions + n
+    out = lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+             logits_to_keep=1)
     last = out.logits[:, -1, :].index_select(-1, keep).double().cpu()
     rows = len(prompts)
     if not carriers:
         return last, None
     width = max(len(c) for c in carriers)
-    carrier_ids = torch.full((len(carriers), width), pad_id_of(lm), dtype=torch.long)
-    carrier_mask = torch.zeros((len(carriers), width), dtype=torch.long)
+    # every carrier of a row in one packed sequence over the row's own prompt cache: each carrier token sees the
+    # prompt and its own carrier's earlier tokens (a block-diagonal causal mask), at the positions it would have
+    # right after the prompt, so no prompt cache is ever copied per carrier
+    packed = [t for c in carriers for t in c]
+    starts = np.cumsum([0] + [len(c) for c in carriers])[:-1]
+    carrier_of = np.repeat(np.arange(len(carriers)), [len(c) for c in carriers])
+    offset = torch.as_tensor(np.concatenate([np.arange(len(c)) for c in carriers]), device=device)
+    same = torch.as_tensor(carrier_of[:, None] == carrier_of[None, :], device=device)
+    own = same & (offset[:, None] >= offset[None, :])  # (C, C): same carrier, not later
+    seen = torch.cat([mask.bool()[:, None, :].expand(rows, len(packed), -1),
+                      own[None].expand(rows, -1, -1)], 2)  # (rows, C, prompt width + C)
+    dtype = lm.get_input_embeddings().weight.dtype  # the compute dtype the mask is added in
+    additive = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill(~seen, torch.finfo(dtype).min)
+    step = lm(input_ids=torch.as_tensor([packed], device=device).expand(rows, -1), attention_mask=additive[:, None],
+              position_ids=mask.sum(1)[:, None] + offset[None], cache=out.cache, use_cache=True)
+    logits = step.logits.index_select(-1, keep).double().cpu()  # (rows, C, |keep|)
+    found = torch.zeros((rows, len(carriers), width, len(keep)), dtype=torch.float64)
     for i, c in enumerate(carriers):
-        carrier_ids[i, :len(c)] = torch.as_tensor(c)
-        carrier_mask[i, :len(c)] = 1
-    carrier_ids, carrier_mask = carrier_ids.to(device), carrier_mask.to(device)
-    lengths = mask.sum(1)
-    # every (row, carrier) pair, row-major; each chunk gets the rows' prompt cache repeated per pair
-    pair_row = torch.arange(rows, device=device).repeat_interleave(len(carriers))
-    pair_carrier = torch.arange(len(carriers), device=device).repeat(rows)
-    found = torch.empty((rows * len(carriers), width, len(keep)), dtype=torch.float64)
-    for start in range(0, len(pair_row), chunk_sequences):
-        r = pair_row[start:start + chunk_sequences]
-        c = pair_carrier[start:start + chunk_sequences]
-        step = lm(input_ids=carrier_ids[c], attention_mask=torch.cat([mask[r], carrier_mask[c]], 1),
-                  position_ids=lengths[r, None] + torch.arange(width, device=device),
-                  cache=_select_cache(out.cache, r), use_cache=True)
-        found[start:start + len(r)] = step.logits.index_select(-1, keep).double().cpu()
-    return last, found.view(rows, len(carriers), width, len(keep))
+        found[:, i, :len(c)] = logits[:, starts[i]:starts[i] + len(c)]
+    return last, found
 
 
 def _transitions(lattice: Lattice, queries: list, where: list, keep_index: dict, last, found) -> dict:
@@ -254,15 +263,14 @@ def _transitions(lattice: Lattice, queries: list, where: list, keep_index: dict,
     return trans
 
 
-def label_scores(lm, fmt: AnswerFormat, prompts: list, batch_size: int,
-                 chunk_sequences: Optional[int] = None) -> np.ndarray:
+def label_scores(lm, fmt: AnswerFormat, prompts: list, batch_size: int, prefix: tuple = ()) -> np.ndarray:
     """P(label in the answer) per row and label, from the answer lattice.
 
     lm: a causal LM (HF *ForCausalLM or a peft model around one) in eval mode; fmt: the AnswerFormat;
     prompts: n lists of prompt token ids (unpadded, each ending where the answer starts); batch_size: rows
-    per prefill; chunk_sequences: (row, continuation) pairs per continuation forward, which bounds the
-    repeated KV cache (default 4 x batch_size). Returns (n, L) float64 in [0, 1], in fmt.columns order
-    (strictly inside unless a branch's logit gap exceeds ~36, beyond float64).
+    per forward; prefix: token ids shared by every prompt and not repeated in `prompts` (each prompt is then the
+    rest of its row), run once. Returns (n, L) float64 in [0, 1], in fmt.columns order (strictly inside unless a
+    branch's logit gap exceeds ~36, beyond float64).
     """
     lattice = lattice_of(fmt)
     if not prompts:
@@ -273,14 +281,18 @@ def label_scores(lm, fmt: AnswerFormat, prompts: list, batch_size: int,
     keep_tokens = sorted({t for q in queries for t in q.tokens})
     keep_index = {t: i for i, t in enumerate(keep_tokens)}
     vocab_keep = torch.as_tensor(keep_tokens, dtype=torch.long)
-    chunk = chunk_sequences or 4 * batch_size
     # rows sorted by length, so a batch pads little; scores go back to their rows
     order = np.argsort([len(p) for p in prompts], kind="stable")
     scores = np.empty((len(prompts), lattice.n_labels))
     with torch.inference_mode():
+        prefix_cache = None
+        if prefix:
+            prefix_cache = lm(input_ids=torch.as_tensor([list(prefix)], dtype=torch.long, device=lm_device(lm)),
+                              use_cache=True, logits_to_keep=1).cache
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            last, found = _branch_logits(lm, lattice, [list(prompts[i]) for i in idx], vocab_keep, carriers, chunk)
+            rows = [list(prompts[i]) for i in idx]
+            last, found = _branch_logits(lm, lattice, rows, vocab_keep, carriers, prefix_cache)
             trans = _transitions(lattice, queries, where, keep_index, last, found)
             alpha = {}
             for k in range(lattice.n_labels):
