@@ -55,7 +55,7 @@ def _neural_logits(cfg: RunConfig, folders: list, texts: list, n_labels: int, pr
 
     st = settings(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
-    inputs = text_inputs(tokenizer, cfg.model, [], texts, kept=folders[0])  # as the folds were trained
+    inputs = text_inputs(tokenizer, cfg.model, [], texts, kept=folders[0] if folders else None)  # as trained
     accelerator = make_accelerator(cfg)
     index, batch = np.arange(len(texts)), cfg.train.eval_batch_size
     if st.finetune == "head":

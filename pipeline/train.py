@@ -127,6 +127,8 @@ def text_inputs(tokenizer, model_cfg, train_texts: list, test_texts: list, label
     start = time.perf_counter()
 
     def encode(texts: list) -> list:
+        if not len(texts):  # e.g. predict.py's inputs have no training rows
+            return []
         return tokenize(tokenizer, format_texts(texts, model_cfg.prompt), st.max_length, st.append_eos)
 
     inputs = Encoded(encode(train_texts), encode(test_texts), tokenizer.pad_token_id, tokenizer.padding_side)
