@@ -40,6 +40,12 @@ def exact_threshold(probs: np.ndarray, labels: np.ndarray, low: float = 0.0, hig
 REFINE = 0.015  # half-width of the final grids around the three best TPE thresholds
 
 
+def _untried(t: float, tried: list) -> bool:
+    """Optuna's `enqueue_trial(skip_if_exists=True)` rule (np.isclose with atol 0 against every trial so far) in one
+    vectorised call: Optuna compares with each trial in Python, which took over half of the search's time."""
+    return not np.isclose(t, tried, atol=0.0).any()
+
+
 class ThresholdTuner:
     """Per-label thresholds maximising F1. method: 'optuna', 'exact' or 'fixed' (0.5)."""
 
@@ -77,10 +83,12 @@ class ThresholdTuner:
                 centres.append(trial.params["t"])
             if len(centres) == 3:
                 break
+        tried = [t.params["t"] for t in study.trials]
         for centre in centres:
             for t in np.round(np.arange(-REFINE, REFINE + 1e-9, 0.001) + centre, 6):
-                if self.low <= t <= self.high:
-                    study.enqueue_trial({"t": float(t)}, skip_if_exists=True)
+                if self.low <= t <= self.high and _untried(t, tried):
+                    study.enqueue_trial({"t": float(t)})
+                    tried.append(float(t))
         study.optimize(objective, n_trials=len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))),
                        n_jobs=1)
         # among thresholds tying for the best F1, take the middle of the tied ones: a sturdier cut
