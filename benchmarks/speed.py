@@ -32,7 +32,7 @@ from torch import nn
 
 from pipeline.config import RunConfig, load_config
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.train import Encoded
+from pipeline.inputs import Encoded
 
 N_VAL = 8  # rows train_fold validates on after the timed steps (it needs some); also its "test" rows
 NOTES = [
@@ -248,7 +248,8 @@ def measure_project(cfg: RunConfig, data: Slice, warmup: int, steps: int, predic
     from pipeline.cv import make_accelerator
     from pipeline.models import build_model, load_tokenizer
     from pipeline.presets import settings, train_settings
-    from pipeline.train import format_texts, predict_logits, release, tokenize, train_fold
+    from pipeline.inputs import format_texts, tokenize
+    from pipeline.train import predict_logits, release, train_fold
 
     name, st = cfg.model.preset, settings(cfg.model)
     _, batch_size = train_settings(cfg)
@@ -313,7 +314,7 @@ def measure_reference(cfg: RunConfig, data: Slice, tokenizer, warmup: int, steps
 
     from pipeline.models import build_model
     from pipeline.presets import settings, train_settings, weights_source
-    from pipeline.train import format_texts, tokenize
+    from pipeline.inputs import format_texts, tokenize
 
     name, st = cfg.model.preset, settings(cfg.model)
     lr, batch_size = train_settings(cfg)

@@ -160,13 +160,13 @@ class _NeuralFolds:
 
     def __init__(self, cfg: RunConfig, data: CompetitionData, quiet: bool, accelerator,
                  run_dir: Optional[Path] = None):
+        from pipeline.finetune import finetune_mode
         from pipeline.models import load_tokenizer
-        from pipeline.presets import settings
-        from pipeline.train import text_inputs
 
         self.cfg, self.data, self.accelerator, self.run_dir = cfg, data, accelerator, run_dir
         self.tokenizer = load_tokenizer(cfg.model)
-        self.inputs = text_inputs(self.tokenizer, cfg.model, data.train_texts, data.test_texts, data.label_cols)
+        mode = finetune_mode(cfg.model)
+        self.inputs = mode.inputs(self.tokenizer, cfg.model, data.train_texts, data.test_texts, data.label_cols)
         self.progress = None
         if not quiet:
             from functools import partial
@@ -175,7 +175,7 @@ class _NeuralFolds:
             self.progress = partial(tqdm, leave=False, dynamic_ncols=True,
                                     disable=not accelerator.is_local_main_process)
         self.feature_seconds = 0.0
-        if settings(cfg.model).finetune == "head":
+        if mode.frozen_features:
             self.inputs = self._features()
 
     def _features(self):
@@ -183,7 +183,8 @@ class _NeuralFolds:
         from accelerate.utils import set_seed
 
         from pipeline.models import FeatureExtractor, build_model
-        from pipeline.train import Features, predict_logits, release
+        from pipeline.inputs import Features
+        from pipeline.train import predict_logits, release
 
         cache = self.run_dir / "features.npz" if self.run_dir is not None else None
         if cache is not None and cache.is_file():

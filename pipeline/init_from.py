@@ -115,7 +115,7 @@ def _source_weights(run_dir: str, fold: int, preset: str, stamp: tuple) -> tuple
     from it (`stamp`, the files' sizes and times, makes a changed fold model a new entry)."""
     from safetensors.torch import load_file
 
-    from pipeline.models import load_fold_model
+    from pipeline.finetune import load_fold_model
 
     source = source_run(ModelConfig(preset=preset, init_from=run_dir, init_fold=fold))
     if source.finetune == "full":  # every weight is in the file: read it, build nothing

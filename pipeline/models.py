@@ -1,18 +1,16 @@
-"""`build_model(cfg, n_labels)`, the one place that switches on a preset's kind, with tokenizers, pooling,
-LoRA and saving/loading fold models; the presets themselves are in pipeline/presets.py.
+"""`build_model(cfg, n_labels)`, the one place that switches on a preset's kind, with tokenizers, pooling and
+LoRA; the presets themselves are in pipeline/presets.py, how each model.finetune saves and reloads a fold's model
+in pipeline/finetune.py.
 
 Encoders become `SequenceClassifier`: backbone, pooling over non-pad tokens, dropout, linear head.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
-import json
 import logging
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -24,7 +22,6 @@ from pipeline.init_from import load_into
 from pipeline.presets import ModelSettings, Preset, get_preset, settings, weights_source
 
 log = logging.getLogger("pipeline")
-
 
 
 def _gguf(cfg: ModelConfig) -> dict:
@@ -297,67 +294,3 @@ def trainable_state(model: nn.Module) -> dict:
     fine-tuning fully): what must be kept to restore the best epoch, without a copy of a frozen base."""
     return {name: param.detach().to("cpu", copy=True) for name, param in model.named_parameters()
             if param.requires_grad}
-
-
-def save_fold_model(model: nn.Module, folder: Path, cfg, fold: int) -> None:
-    """Save what a fold trained, unless train.save_models is false: the LoRA adapter with its head (peft
-    `save_pretrained`), the head over frozen features, every weight (model.finetune='full') as safetensors, or
-    a LabelGenerator's adapter and answer format (model.finetune='generate')."""
-    from safetensors.torch import save_file
-
-    from pipeline.io import atomic_write_folder
-
-    st = settings(cfg.model)
-    if cfg.train.save_models is False:  # None (configs written before it defaulted to true) keeps them too
-        return
-    # the seed the base was built from: per fold, except the frozen backbone of 'head', built once per run
-    init_seed = cfg.cv.seed if st.finetune == "head" else cfg.cv.seed + fold
-
-    def write(tmp: Path) -> None:
-        if st.finetune == "generate":
-            model.save(tmp)  # its adapter and answer format (pipeline/generative/model.py)
-        elif hasattr(model, "peft_config"):
-            model.save_pretrained(str(tmp))
-        else:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-        (tmp / "fold.json").write_text(json.dumps({"fold": fold, "preset": st.preset.name, "finetune": st.finetune,
-                                                   "init_seed": init_seed}))
-
-    atomic_write_folder(Path(folder), write)
-
-
-def load_fold_model(cfg, n_labels: int, folder: Path, tokenizer=None, device=None):
-    """Rebuild a fold's trained model from `save_fold_model`'s folder. Returns (model, tokenizer).
-
-    For a head over frozen features this returns the full `SequenceClassifier` (backbone + head),
-    so it predicts from text directly."""
-    from accelerate.utils import set_seed
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    meta = json.loads((folder / "fold.json").read_text())
-    st = settings(cfg.model)
-    set_seed(meta["init_seed"])  # tiny random backbones are rebuilt from the same generator state
-    if st.finetune == "generate":
-        from pipeline.generative.model import load_generator
-
-        return load_generator(cfg.model, folder, tokenizer, device)
-    if st.finetune == "lora":
-        from peft import PeftModel
-
-        base_cfg = copy.deepcopy(cfg.model)
-        base_cfg.finetune = "head"  # the frozen base, without adapters; PeftModel adds the saved ones
-        base, tokenizer = build_model(base_cfg, n_labels, tokenizer, device)
-        model = PeftModel.from_pretrained(base, str(folder))
-    else:
-        # a full fine-tune's file holds every weight: the model.init_from run it started from is not needed
-        model_cfg = dataclasses.replace(cfg.model, init_from=None, init_fold=0, init_head=None) \
-            if st.finetune == "full" else cfg.model
-        model, tokenizer = build_model(model_cfg, n_labels, tokenizer, device)
-        weights = load_file(str(folder / "model.safetensors"))
-        if st.finetune == "head":
-            model.head.load_state_dict({k.split("head.", 1)[1]: v for k, v in weights.items() if k.startswith("head.")})
-        else:
-            model.load_state_dict(weights)
-    model.eval()
-    return model, tokenizer

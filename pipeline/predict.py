@@ -46,19 +46,19 @@ def _neural_logits(cfg: RunConfig, folders: list, texts: list, n_labels: int, pr
     """Each fold's (n, n_labels) logits, computed as train.py predicts test.csv: the same tokenization
     (prompt, eos, max_length), length-sorted batches of train.eval_batch_size, padding side, precision."""
     from accelerate.utils import set_seed
-    from safetensors.torch import load_file
 
     from pipeline.cv import make_accelerator
-    from pipeline.models import FeatureExtractor, HeadClassifier, build_model, load_fold_model, load_tokenizer
-    from pipeline.presets import settings
-    from pipeline.train import Features, predict_logits, release, text_inputs
+    from pipeline.finetune import finetune_mode, load_fold_model
+    from pipeline.inputs import Features
+    from pipeline.models import FeatureExtractor, build_model, load_tokenizer
+    from pipeline.train import predict_logits, release
 
-    st = settings(cfg.model)
+    mode = finetune_mode(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
-    inputs = text_inputs(tokenizer, cfg.model, [], texts, kept=folders[0] if folders else None)  # as trained
+    inputs = mode.inputs(tokenizer, cfg.model, [], texts, kept=folders[0] if folders else None)  # as trained
     accelerator = make_accelerator(cfg)
     index, batch = np.arange(len(texts)), cfg.train.eval_batch_size
-    if st.finetune == "head":
+    if mode.frozen_features:
         # as the run did: the frozen backbone's pooled features once (built with the run's seed), then each fold's head
         set_seed(cfg.cv.seed)
         backbone, _ = build_model(cfg.model, n_labels, tokenizer, device=accelerator.device)
@@ -69,9 +69,8 @@ def _neural_logits(cfg: RunConfig, folders: list, texts: list, n_labels: int, pr
         release(accelerator)
     out = []
     for k, folder in enumerate(folders):
-        if st.finetune == "head":
-            model = HeadClassifier(inputs.test.shape[1], n_labels, cfg.model.dropout)
-            model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        if mode.frozen_features:
+            model = mode.read_head(cfg, n_labels, folder, inputs.test.shape[1])
         else:
             model, _ = load_fold_model(cfg, n_labels, folder, tokenizer, device=accelerator.device)
         model = accelerator.prepare_model(model, evaluation_mode=True)

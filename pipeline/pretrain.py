@@ -261,7 +261,8 @@ def pretrain(cfg: RunConfig, out: Path, progress: Optional[Callable] = None) -> 
     from pipeline.cv import make_accelerator
     from pipeline.io import atomic_write_folder
     from pipeline.models import load_tokenizer
-    from pipeline.train import LengthGroupedBatches, release, tokenize
+    from pipeline.inputs import tokenize
+    from pipeline.train import LengthGroupedBatches, release
 
     started = time.perf_counter()
     out = Path(out)

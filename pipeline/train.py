@@ -18,59 +18,17 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
-from pipeline.generative.inputs import Conversations, build_conversations
-from pipeline.generative.model import build_generator, generated_preds, read_format
-from pipeline.models import HeadClassifier, build_model, save_fold_model, trainable_state
-from pipeline.presets import settings, train_settings
+from pipeline.finetune import finetune_mode, save_fold_model
+from pipeline.models import trainable_state
+from pipeline.presets import train_settings
 from pipeline.tasks import task_for
 from pipeline.tracking import end_fold, epoch_values, start_fold, step_values
 
 log = logging.getLogger("pipeline")
-
-
-@dataclass
-class Encoded:
-    """Token ids of every text, computed once per run (no padding)."""
-    train: list  # list of lists of token ids, in train.csv order
-    test: list
-    pad_id: int
-    padding_side: str
-
-    def split(self, name: str) -> list:
-        return self.train if name == "train" else self.test
-
-    def lengths(self, name: str, index: np.ndarray) -> np.ndarray:
-        rows = self.split(name)
-        return np.array([len(rows[i]) for i in index])
-
-    def dataset(self, name: str, index: np.ndarray, labels: Optional[np.ndarray]) -> Dataset:
-        return _Rows(self.split(name), index, labels, "input_ids")
-
-    def collate(self):
-        return _Collate(self.pad_id, self.padding_side)
-
-
-@dataclass
-class Features:
-    """Pooled backbone vectors of every text, computed once per run (finetune='head')."""
-    train: np.ndarray  # (n_train, hidden) float32
-    test: np.ndarray  # (n_test, hidden) float32
-
-    def split(self, name: str) -> np.ndarray:
-        return self.train if name == "train" else self.test
-
-    def lengths(self, name: str, index: np.ndarray) -> np.ndarray:
-        return np.ones(len(index), dtype=np.int64)  # equal cost per row: nothing to group
-
-    def dataset(self, name: str, index: np.ndarray, labels: Optional[np.ndarray]) -> Dataset:
-        return _Rows(self.split(name), index, labels, "features")
-
-    def collate(self):
-        return _stack_features
 
 
 @dataclass
@@ -92,94 +50,6 @@ class FoldResult:
     val_generated: Optional[np.ndarray] = None  # (n_val, n_labels)
     test_generated: Optional[np.ndarray] = None  # (n_test, n_labels)
     generate_seconds: float = 0.0  # time spent writing those answers (validation + test)
-
-
-def format_texts(texts: list, prompt: Optional[str]) -> list:
-    """Each text put into the prompt template at {text} (the raw text when there is no template)."""
-    if prompt is None:
-        return list(texts)
-    return [prompt.replace("{text}", t) for t in texts]
-
-
-def tokenize(tokenizer, texts: list, max_length: int, append_eos: bool = False) -> list:
-    """Token ids per text, truncated to max_length tokens, unpadded; with `append_eos` every text
-    ends with the eos token (kept inside max_length)."""
-    if not append_eos:
-        return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ConfigError("model.append_eos is set but the tokenizer has no eos token")
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length - 1)["input_ids"]
-    return [row if row and row[-1] == eos else row + [eos] for row in ids]
-
-
-def text_inputs(tokenizer, model_cfg, train_texts: list, test_texts: list, label_cols: Optional[list] = None,
-                kept: Optional[Path] = None):
-    """The token inputs of a run's texts, computed once: `Encoded` ids of the (prompted) texts, or under
-    model.finetune='generate' the `Conversations` (chat prompts with the run's label columns; kept: a kept fold
-    model's folder, whose answer format and label columns are used instead of building them)."""
-    st = settings(model_cfg)
-    if st.finetune == "generate":
-        fmt = None
-        if kept is not None:
-            fmt, label_cols = read_format(kept)
-        return build_conversations(tokenizer, train_texts, test_texts, label_cols, model_cfg, fmt)
-    start = time.perf_counter()
-
-    def encode(texts: list) -> list:
-        if not len(texts):  # e.g. predict.py's inputs have no training rows
-            return []
-        return tokenize(tokenizer, format_texts(texts, model_cfg.prompt), st.max_length, st.append_eos)
-
-    inputs = Encoded(encode(train_texts), encode(test_texts), tokenizer.pad_token_id, tokenizer.padding_side)
-    cut = sum(len(ids) >= st.max_length for ids in inputs.train + inputs.test)
-    log.info("tokenized %d train + %d test texts in %.1f s (max_length %d; %d texts reach it and are cut)",
-             len(train_texts), len(test_texts), time.perf_counter() - start, st.max_length, cut)
-    return inputs
-
-
-class _Rows(Dataset):
-    def __init__(self, inputs, index: np.ndarray, labels: Optional[np.ndarray], key: str):
-        self.inputs, self.index, self.labels, self.key = inputs, index, labels, key
-
-    def __len__(self):
-        return len(self.index)
-
-    def __getitem__(self, i):
-        row = int(self.index[i])
-        item = {"row": row, self.key: self.inputs[row]}
-        if self.labels is not None:
-            item["labels"] = self.labels[row]
-        return item
-
-
-def _rows_and_labels(items, batch: dict) -> dict:
-    out = {"row": torch.tensor([it["row"] for it in items]), "inputs": batch}
-    if "labels" in items[0]:
-        out["labels"] = torch.tensor(np.stack([it["labels"] for it in items]), dtype=torch.float32)
-    return out
-
-
-def _stack_features(items) -> dict:
-    return _rows_and_labels(items, {"features": torch.from_numpy(np.stack([it["features"] for it in items]))})
-
-
-class _Collate:
-    """Pads a batch to its longest text (dynamic padding) on the tokenizer's side."""
-
-    def __init__(self, pad_id: int, padding_side: str):
-        self.pad_id, self.left = pad_id, padding_side == "left"
-
-    def __call__(self, items):
-        width = max(len(it["input_ids"]) for it in items)
-        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for i, it in enumerate(items):
-            n = len(it["input_ids"])
-            cols = slice(width - n, width) if self.left else slice(0, n)
-            ids[i, cols] = torch.tensor(it["input_ids"], dtype=torch.long)
-            mask[i, cols] = 1
-        return _rows_and_labels(items, {"input_ids": ids, "attention_mask": mask})
 
 
 class LengthGroupedBatches:
@@ -253,16 +123,6 @@ def _param_groups(model, cfg: RunConfig, lr: float) -> list:
                                 "weight_decay": 0.0 if no_decay else cfg.train.weight_decay})
         groups[key]["params"].append(param)
     return list(groups.values())
-
-
-def batch_loss(cfg: RunConfig, task, labels: np.ndarray, device) -> Callable:
-    """The training loss of a batch, `(model, batch) -> scalar tensor`: the task's loss (class weights from
-    labels: (n_fit, n_labels) 0/1) on the model's logits, or under model.finetune='generate' the model's own mean
-    cross-entropy over the answer tokens (its batches carry `lm_labels`)."""
-    if settings(cfg.model).finetune == "generate":
-        return lambda model, batch: model(**batch["inputs"])
-    loss_fn = task.loss(labels, cfg.train.pos_weight).to(device)
-    return lambda model, batch: loss_fn(model(**batch["inputs"]).float(), batch["labels"])
 
 
 def predict_logits(model, accelerator, inputs, split: str, index: np.ndarray, batch_size: int,
@@ -353,8 +213,8 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     """Fit the preset on rows with folds != fold, keep the best epoch, predict fold rows and test.
 
     folds: (n_train,) fold per row; labels: (n_train, n_labels) 0/1.
-    inputs: `Encoded` token ids, `Features` when model.finetune='head' (only a head is trained), or
-    `Conversations` (chat prompts and answers) when model.finetune='generate'.
+    inputs: what the model.finetune mode computed once per run (pipeline/finetune.py): `Encoded` token ids,
+    `Features` of a frozen backbone ('head') or `Conversations` ('generate').
     progress: a tqdm-like factory (iterable, total, desc) or None for quiet.
     checkpoint_dir: where to save every `train.checkpoint_every` optimizer steps, and resume from.
     status: called with keyword facts (phase, epoch, step, ...) as training goes.
@@ -373,14 +233,10 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     cuda = accelerator.device.type == "cuda"
     if cuda:  # the fold's own peaks, to set beside the dry-run estimate
         torch.cuda.reset_peak_memory_stats(accelerator.device)
-    if isinstance(inputs, Features):
-        model = HeadClassifier(inputs.train.shape[1], labels.shape[1], cfg.model.dropout)
-    elif isinstance(inputs, Conversations):
-        model = build_generator(cfg.model, inputs.fmt, inputs.label_cols, tokenizer, device=accelerator.device)
-    else:
-        model, _ = build_model(cfg.model, labels.shape[1], tokenizer, device=accelerator.device)
+    mode = finetune_mode(cfg.model)  # what differs by model.finetune: the model, its loss, extra outputs
+    model = mode.fold_model(cfg, inputs, labels.shape[1], tokenizer, accelerator.device)
     task = task_for(cfg.data.competition)  # the loss, validation score and link differ by task
-    loss_of = batch_loss(cfg, task, labels[train_idx], accelerator.device)
+    loss_of = mode.loss(cfg, task, labels[train_idx], accelerator.device)
     sampler = LengthGroupedBatches(inputs.lengths("train", train_idx), batch_size, cfg.cv.seed * 1000 + fold,
                                    tcfg.length_grouped)
     # the sampler yields positions into train_idx; the dataset maps them to rows
@@ -493,15 +349,9 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
                                  tcfg.eval_batch_size)
     state.predict_seconds += time.perf_counter() - start
     state.predict_examples += len(inputs.test)
-    generated = {}
-    if isinstance(inputs, Conversations):  # the best epoch's answers, written freely but only canonical ones
-        status(phase="generate", epoch=state.best_epoch, step=state.steps, total_steps=total_steps)
-        start = time.perf_counter()
-        unwrapped = accelerator.unwrap_model(model)
-        generated = {"val_generated": generated_preds(unwrapped, inputs, "train", val_idx, tcfg.eval_batch_size),
-                     "test_generated": generated_preds(unwrapped, inputs, "test", np.arange(len(inputs.test)),
-                                                       tcfg.eval_batch_size),
-                     "generate_seconds": time.perf_counter() - start}
+    if mode.extra_phase:  # e.g. generate mode's free answers, from the best epoch
+        status(phase=mode.extra_phase, epoch=state.best_epoch, step=state.steps, total_steps=total_steps)
+    extra = mode.extra_outputs(accelerator.unwrap_model(model), inputs, val_idx, tcfg.eval_batch_size)
     if save_dir is not None and accelerator.is_main_process:
         save_fold_model(accelerator.unwrap_model(model), Path(save_dir), cfg, fold)
     hook.remove()
@@ -511,4 +361,4 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     release(accelerator)
     return FoldResult(fold, val_idx, best["val_logits"], test_logits, state.best_epoch, state.history,
                       state.train_seconds, state.train_examples, state.predict_seconds, state.predict_examples,
-                      *peaks, **generated)
+                      *peaks, **extra)

@@ -16,9 +16,11 @@ from pipeline.config import load_config
 from pipeline.cv import run_cv
 from pipeline.data import fit_filter_mask
 from pipeline.errors import ConfigError
-from pipeline.models import SequenceClassifier, build_model, ensure_pad_token, load_fold_model, load_tokenizer
+from pipeline.finetune import load_fold_model
+from pipeline.models import SequenceClassifier, build_model, ensure_pad_token, load_tokenizer
 from pipeline.presets import PRESETS
-from pipeline.train import Encoded, _Collate, predict_logits, tokenize, train_fold
+from pipeline.inputs import Encoded, _Collate, tokenize
+from pipeline.train import predict_logits, train_fold
 
 ISSUE_DECODERS = ["tinyllama-1.1b", "llama-3.2-1b", "llama-3.2-3b-instruct", "gemma-2b", "gemma-3-1b",
                   "qwen2.5-1.5b", "qwen2.5-7b-instruct", "qwen14b", "stella-1.5b", "gpt2-xl", "mistral-7b",
@@ -196,7 +198,7 @@ def test_head_only_mode_computes_backbone_features_once_per_run(tmp_path, monkey
 
 
 def test_prompt_template_wraps_each_text_and_must_name_the_text(tmp_path):
-    from pipeline.train import format_texts
+    from pipeline.inputs import format_texts
 
     template = "Classify the emotion of the following sentence:\nSentence: {text}"
     assert format_texts(["so {happy}"], template) == ["Classify the emotion of the following sentence:\nSentence: so {happy}"]

@@ -18,7 +18,8 @@ from pipeline.cv import run_cv
 from pipeline.data import load_competition_data
 from pipeline.errors import ConfigError, DataError, RunDirError
 from pipeline.init_from import check_source
-from pipeline.models import build_model, load_fold_model, load_tokenizer
+from pipeline.finetune import load_fold_model
+from pipeline.models import build_model, load_tokenizer
 
 TINY = ["model.preset=tiny-encoder", "cv.n_folds=2", "train.epochs=1", "train.max_steps=3", "thresholds.n_trials=5"]
 PROBE = ["happy people smile today", "so scared and afraid of the rage", "the morning was just loyal"]

@@ -76,10 +76,10 @@ def test_encoder_lora_trains_adapters_and_head_only_and_reloads(tmp_path, dair_d
     from pipeline.config import load_config
     from pipeline.cv import run_cv
     from pipeline.data import load_competition_data
-    from pipeline.models import load_fold_model
+    from pipeline.finetune import load_fold_model
     from pipeline.presets import settings
     from pipeline.tasks import get_task
-    from pipeline.train import tokenize
+    from pipeline.inputs import tokenize
 
     cfg = load_config(None, [f"data.data_dir={dair_dir}", "data.competition=dair-emotion", "model.preset=tiny-encoder",
                              "model.finetune=lora", "cv.n_folds=2", "train.epochs=1", "train.max_steps=4",

@@ -28,7 +28,7 @@ def speed():
 
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_tokens_of_a_known_batch_real_and_computed(speed, side):
-    from pipeline.train import Encoded
+    from pipeline.inputs import Encoded
 
     inputs = speed._CountedEncoded([[5, 6, 7], [8]], [], pad_id=0, padding_side=side)
     batch = inputs.collate()([{"row": 0, "input_ids": [5, 6, 7]}, {"row": 1, "input_ids": [8]}])

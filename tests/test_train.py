@@ -6,7 +6,8 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.train import Encoded, LengthGroupedBatches, _Collate, resolve_precision, train_fold
+from pipeline.inputs import Encoded, _Collate
+from pipeline.train import LengthGroupedBatches, resolve_precision, train_fold
 
 
 def test_length_grouped_batches_cover_every_row_once_and_reduce_padding():
@@ -52,7 +53,7 @@ def test_train_fold_tiny_encoder_learns_cues():
 
     from conftest import make_frames
     from pipeline.models import load_tokenizer
-    from pipeline.train import tokenize
+    from pipeline.inputs import tokenize
 
     train, test, _ = make_frames(n_train=200, n_test=20)
     cfg = load_config(None, ["model.preset=tiny-encoder", "train.epochs=8", "train.patience=0",
@@ -81,19 +82,19 @@ def test_a_finished_folds_model_is_freed_before_the_next_fold_loads(tmp_path, mo
     from accelerate import Accelerator
 
     import pipeline.cv as cv
-    import pipeline.train as train
     from conftest import make_frames, write_competition
+    from pipeline.finetune import FinetuneMode
 
     built, alive_at_build = [], []
-    real_build = train.build_model
+    real_build = FinetuneMode.fold_model
 
-    def spy(*args, **kwargs):
+    def spy(self, *args, **kwargs):
         alive_at_build.append([r() is not None for r in built])
-        out = real_build(*args, **kwargs)
-        built.append(weakref.ref(out[0]))
+        out = real_build(self, *args, **kwargs)
+        built.append(weakref.ref(out))
         return out
 
-    monkeypatch.setattr(train, "build_model", spy)
+    monkeypatch.setattr(FinetuneMode, "fold_model", spy)
     monkeypatch.setattr(cv, "make_accelerator",
                         lambda cfg, run_dir=None: Accelerator(cpu=True, mixed_precision="bf16"))
     comp = write_competition(tmp_path / "comp", *make_frames(n_train=60, n_test=10))

@@ -140,7 +140,7 @@ def cut_texts(tokenizer, texts: list, max_length: int) -> tuple:
 def prompts_for(tokenizer, texts: list, model_cfg, fmt: AnswerFormat) -> tuple:
     """Prompt ids (list of lists of int) of `texts` as a run builds them. Returns (prompts, number of texts cut)."""
     from pipeline.presets import settings
-    from pipeline.train import format_texts
+    from pipeline.inputs import format_texts
 
     cut_to, n_cut = cut_texts(tokenizer, texts, settings(model_cfg).max_length)
     system = system_message(model_cfg, fmt.words)
