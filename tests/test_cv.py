@@ -167,14 +167,14 @@ def test_real_minilm_on_a_few_hundred_rows(tmp_path):
 
 
 def test_texts_are_tokenized_once_per_run_not_per_fold(tmp_path, comp_dir, monkeypatch):
-    import pipeline.train as train_module
+    import pipeline.finetune as finetune_module
 
     calls = []
-    real = train_module.tokenize
+    real = finetune_module.tokenize
     def counting(tok, texts, *args):
         calls.append(len(texts))
         return real(tok, texts, *args)
 
-    monkeypatch.setattr(train_module, "tokenize", counting)
+    monkeypatch.setattr(finetune_module, "tokenize", counting)
     run_cv(tiny_cfg(comp_dir, "cv.n_folds=3", "train.grad_accum_steps=2"), tmp_path / "run", quiet=True)
     assert calls == [160, 40]  # train once, test once, for three folds
