@@ -262,3 +262,17 @@ def test_two_fold_generate_run_writes_every_output_and_its_adapters_reproduce_it
     again = run_probs(run, test["Tweet"].tolist())
     expected = pd.read_csv(run / "test_probs.csv")[LABELS].to_numpy()
     np.testing.assert_allclose(again, expected, rtol=0, atol=1e-5)
+    # benchmarks/scoring_methods.py reads three scores from the kept adapters' lattices: its marginal is oof.csv's
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "scoring_methods.py"
+    spec = importlib.util.spec_from_file_location("scoring_methods", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--run", str(run), "--out", str(tmp_path / "methods.json")]) == 0
+    methods = json.loads((tmp_path / "methods.json").read_text())
+    assert methods["folds"] == [0, 1] and max(methods["marginal_vs_oof_max_abs_diff"].values()) < 1e-5
+    assert set(methods["methods"]) == {"marginal", "first", "alone"}
+    for figures in methods["methods"].values():
+        assert 0 <= figures["macro_f1_cross_validated"] <= 1 and 0 < figures["macro_average_precision"] <= 1

@@ -263,27 +263,19 @@ def _transitions(lattice: Lattice, queries: list, where: list, keep_index: dict,
     return trans
 
 
-def label_scores(lm, fmt: AnswerFormat, prompts: list, batch_size: int, prefix: tuple = ()) -> np.ndarray:
-    """P(label in the answer) per row and label, from the answer lattice.
-
-    lm: a causal LM (HF *ForCausalLM or a peft model around one) in eval mode; fmt: the AnswerFormat;
-    prompts: n lists of prompt token ids (unpadded, each ending where the answer starts); batch_size: rows
-    per forward; prefix: token ids shared by every prompt and not repeated in `prompts` (each prompt is then the
-    rest of its row), run once. Returns (n, L) float64 in [0, 1], in fmt.columns order (strictly inside unless a
-    branch's logit gap exceeds ~36, beyond float64).
-    """
+def lattice_transitions(lm, fmt: AnswerFormat, prompts: list, batch_size: int, prefix: tuple = ()):
+    """Yields (row positions, T) per batch, T[state][target] the (rows,) probability of each step of the answer
+    lattice (state START or a label index; target a label index or DONE), for `label_scores` and for comparing
+    other scores read from the same passes (benchmarks/scoring_methods.py). Arguments as for label_scores."""
     lattice = lattice_of(fmt)
-    if not prompts:
-        return np.zeros((0, lattice.n_labels))
     _check_prompts(prompts)
     queries = _queries(lattice)
     carriers, where = _carriers(queries)
     keep_tokens = sorted({t for q in queries for t in q.tokens})
     keep_index = {t: i for i, t in enumerate(keep_tokens)}
     vocab_keep = torch.as_tensor(keep_tokens, dtype=torch.long)
-    # rows sorted by length, so a batch pads little; scores go back to their rows
+    # rows sorted by length, so a batch pads little; callers put scores back in their rows
     order = np.argsort([len(p) for p in prompts], kind="stable")
-    scores = np.empty((len(prompts), lattice.n_labels))
     with torch.inference_mode():
         prefix_cache = None
         if prefix:
@@ -293,10 +285,26 @@ def label_scores(lm, fmt: AnswerFormat, prompts: list, batch_size: int, prefix: 
             idx = order[start:start + batch_size]
             rows = [list(prompts[i]) for i in idx]
             last, found = _branch_logits(lm, lattice, rows, vocab_keep, carriers, prefix_cache)
-            trans = _transitions(lattice, queries, where, keep_index, last, found)
-            alpha = {}
-            for k in range(lattice.n_labels):
-                alpha[k] = trans[START][k] + sum((alpha[j] * trans[j][k] for j in range(k)),
-                                                 torch.zeros_like(trans[START][k]))
-            scores[idx] = torch.stack([alpha[k] for k in range(lattice.n_labels)], 1).numpy()
+            yield idx, _transitions(lattice, queries, where, keep_index, last, found)
+
+
+def label_scores(lm, fmt: AnswerFormat, prompts: list, batch_size: int, prefix: tuple = ()) -> np.ndarray:
+    """P(label in the answer) per row and label, from the answer lattice.
+
+    lm: a causal LM (HF *ForCausalLM or a peft model around one) in eval mode; fmt: the AnswerFormat;
+    prompts: n lists of prompt token ids (unpadded, each ending where the answer starts); batch_size: rows
+    per forward; prefix: token ids shared by every prompt and not repeated in `prompts` (each prompt is then the
+    rest of its row), run once. Returns (n, L) float64 in [0, 1], in fmt.columns order (strictly inside unless a
+    branch's logit gap exceeds ~36, beyond float64).
+    """
+    n = len(fmt.columns)
+    scores = np.empty((len(prompts), n))
+    if not prompts:
+        return scores
+    for idx, trans in lattice_transitions(lm, fmt, prompts, batch_size, prefix):
+        alpha = {}  # forward probability of reaching "label k was written"
+        for k in range(n):
+            alpha[k] = trans[START][k] + sum((alpha[j] * trans[j][k] for j in range(k)),
+                                             torch.zeros_like(trans[START][k]))
+        scores[idx] = torch.stack([alpha[k] for k in range(n)], 1).numpy()
     return scores
