@@ -10,6 +10,7 @@ test_generated.csv, and oof_generated.csv.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -80,12 +81,15 @@ def _save_fold(run_dir: Path, result, train_ids, test_ids, label_cols: list, ide
     oof = pd.DataFrame(task.probs(result.val_logits), columns=label_cols)  # the task's link: sigmoid or softmax
     oof.insert(0, "id", train_ids[result.val_index])
     atomic_write_csv(out / "oof.csv", oof)
-    test = pd.DataFrame(task.probs(result.test_logits), columns=label_cols)
-    test.insert(0, "id", test_ids)
-    atomic_write_csv(out / "test_probs.csv", test)
+    if len(test_ids):  # none in a validation-only fold
+        test = pd.DataFrame(task.probs(result.test_logits), columns=label_cols)
+        test.insert(0, "id", test_ids)
+        atomic_write_csv(out / "test_probs.csv", test)
     if result.val_generated is not None:  # model.finetune='generate': the labels its free answers name
-        for name, ids, preds in (("oof_generated.csv", train_ids[result.val_index], result.val_generated),
-                                 ("test_generated.csv", test_ids, result.test_generated)):
+        outputs = [("oof_generated.csv", train_ids[result.val_index], result.val_generated)]
+        if len(test_ids):
+            outputs.append(("test_generated.csv", test_ids, result.test_generated))
+        for name, ids, preds in outputs:
             frame = pd.DataFrame(preds.astype(np.int64), columns=label_cols)
             frame.insert(0, "id", ids)
             atomic_write_csv(out / name, frame)
@@ -105,6 +109,9 @@ def _load_fold(run_dir: Path, fold: int, identity: dict) -> Optional[dict]:
     if not (out / "result.json").is_file():
         return None
     info = json.loads((out / "result.json").read_text())
+    if info.get("validation_only") and not identity.get("validation_only"):
+        raise RunDirError(f"{out} predicted its validation rows only, not test.csv (a search trial's fold); "
+                          f"delete that folder or use another --run-dir")
     for key, value in identity.items():
         if info.get(key) != value:
             what = {"config_hash": "config", "folds_hash": "fold split",
@@ -112,7 +119,8 @@ def _load_fold(run_dir: Path, fold: int, identity: dict) -> Optional[dict]:
             raise RunDirError(f"{out} was made with a different {what} ({key} {info.get(key)} vs {value} now); "
                               f"delete that folder or use another --run-dir")
     info["oof"] = pd.read_csv(out / "oof.csv", dtype={"id": str})
-    info["test"] = pd.read_csv(out / "test_probs.csv", dtype={"id": str})
+    if not info.get("validation_only"):
+        info["test"] = pd.read_csv(out / "test_probs.csv", dtype={"id": str})
     if (out / "oof_generated.csv").is_file():
         info["oof_generated"] = pd.read_csv(out / "oof_generated.csv", dtype={"id": str})
     return info
@@ -202,7 +210,8 @@ class _NeuralFolds:
         train = predict_logits(extractor, self.accelerator, enc, "train", np.arange(len(enc.train)), batch,
                                self.progress, "frozen features, train")
         test = predict_logits(extractor, self.accelerator, enc, "test", np.arange(len(enc.test)), batch,
-                              self.progress, "frozen features, test")
+                              self.progress, "frozen features, test") if len(enc.test) else \
+            np.zeros((0, train.shape[1]), dtype=np.float32)
         self.feature_seconds = time.perf_counter() - start
         log.info("frozen features of %d texts computed once in %.1f s (%.1f texts/s)", len(train) + len(test),
                  self.feature_seconds, (len(train) + len(test)) / max(self.feature_seconds, 1e-9))
@@ -290,17 +299,21 @@ def _train_with_oom_retry(runner, cfg: RunConfig, fold: int, folds: np.ndarray, 
 
 
 def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
-           only_fold=None, merge_only: bool = False, on_status=None) -> Path:
+           only_fold=None, merge_only: bool = False, on_status=None, validation_only: bool = False) -> Path:
     """Run (or resume) the folds of `cfg`, then assemble the outputs. Returns the run directory.
 
     only_fold: run just this fold (0-based), or this list of folds, into a shared run directory; the run is
     assembled once every fold is present. on_status: called with every status fact (phase, fold, epoch,
     validation score, ...) as folds train; an exception it raises stops the run. merge_only: train nothing,
-    assemble the finished folds (all must be there).
+    assemble the finished folds (all must be there). validation_only: the folds predict their validation rows
+    only, not test.csv (a search trial's: its objective never reads test), and the run is never assembled; such
+    folds are refused by an ordinary run.
     Under `accelerate launch` every process trains; only the main process writes files.
     """
     wall_start = time.perf_counter()
     data = subset_data(load_competition_data(cfg.data), cfg.data.max_rows, cfg.cv.seed)
+    if validation_only:  # no test text is tokenized, embedded or predicted
+        data = dataclasses.replace(data, test=data.test.iloc[:0], holdout_labels=None)
     # model.init_from: refused before anything is written if its training texts include any of ours
     init = check_source(cfg, data) if cfg.model.init_from else None
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
@@ -336,6 +349,8 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
                  cfg.data.fit_filter, int(fit_mask.sum()), len(fit_mask),
                  ", ".join(f"{n} {reason}" for reason, n in dropped.items()))
     identity = {"config_hash": cfg.short_hash(), "folds_hash": folds_digest(folds)}
+    if validation_only:
+        identity["validation_only"] = True
     leaks = extra.leaks(data, folds) if extra is not None else {}  # extra rows each fold leaves out
     if extra is not None:
         identity["extra_train_sha256"] = extra.digest
@@ -379,6 +394,8 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
         if main and len(adjustments) > n_adjustments:
             save_config(cfg, run_dir / "config.yaml", runtime={"oom_adjustments": adjustments})
             n_adjustments = len(adjustments)
+    if validation_only:
+        return run_dir
     for fold in range(n_folds):
         done = _load_fold(run_dir, fold, identity)
         if done is not None:

@@ -166,9 +166,10 @@ class GenerateMode(FinetuneMode):
         from pipeline.generative.model import generated_preds
 
         start = time.perf_counter()
+        test = generated_preds(model, inputs, "test", np.arange(len(inputs.test)), batch_size) \
+            if len(inputs.test) else np.zeros((0, len(model.label_cols)), dtype=np.int8)
         return {"val_generated": generated_preds(model, inputs, "train", val_idx, batch_size),
-                "test_generated": generated_preds(model, inputs, "test", np.arange(len(inputs.test)), batch_size),
-                "generate_seconds": time.perf_counter() - start}
+                "test_generated": test, "generate_seconds": time.perf_counter() - start}
 
     def write(self, model: nn.Module, folder: Path) -> None:
         model.save(folder)  # its adapter and answer format (pipeline/generative/model.py)

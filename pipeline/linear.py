@@ -86,7 +86,8 @@ def fit_tfidf_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndar
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    val_logits, test_logits = model([train_texts[i] for i in val_idx]), model(list(test_texts))
+    val_logits = model([train_texts[i] for i in val_idx])
+    test_logits = model(list(test_texts)) if len(test_texts) else np.zeros((0, val_logits.shape[1]))
     predict_seconds = time.perf_counter() - start
     if save_dir is not None:
         save_tfidf_fold(model, save_dir, cfg, fold)

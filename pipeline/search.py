@@ -153,7 +153,8 @@ class _Objective:
             prepare_run_dir(run_cfg, run_dir)
             shutil.copyfile(self.search_dir / "folds.csv", run_dir / "folds.csv")
             pruning = FoldPruning(trial, self.settings.search_folds, self.stride, self.score_key)
-            run_cv(run_cfg, run_dir, quiet=self.quiet, only_fold=list(self.settings.search_folds), on_status=pruning)
+            run_cv(run_cfg, run_dir, quiet=self.quiet, only_fold=list(self.settings.search_folds), on_status=pruning,
+                   validation_only=True)  # the objective reads validation rows only: test.csv is never predicted
             figures = searched_figures(trial_cfg, self.data, self.folds, self.settings.search_folds, run_dir)
         except optuna.TrialPruned:
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))

@@ -346,7 +346,8 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     status(phase="predict", epoch=state.best_epoch, step=state.steps, total_steps=total_steps)
     start = time.perf_counter()
     test_logits = predict_logits(model, accelerator, inputs, "test", np.arange(len(inputs.test)),
-                                 tcfg.eval_batch_size)
+                                 tcfg.eval_batch_size) if len(inputs.test) else \
+        np.zeros((0, labels.shape[1]), dtype=np.float32)  # a validation-only fold (run_cv validation_only)
     state.predict_seconds += time.perf_counter() - start
     state.predict_examples += len(inputs.test)
     if mode.extra_phase:  # e.g. generate mode's free answers, from the best epoch

@@ -178,3 +178,23 @@ def test_texts_are_tokenized_once_per_run_not_per_fold(tmp_path, comp_dir, monke
     monkeypatch.setattr(finetune_module, "tokenize", counting)
     run_cv(tiny_cfg(comp_dir, "cv.n_folds=3", "train.grad_accum_steps=2"), tmp_path / "run", quiet=True)
     assert calls == [160, 40]  # train once, test once, for three folds
+
+
+@pytest.mark.parametrize("extra", [["model.preset=tiny-decoder", "model.finetune=head"],
+                                   ["model.preset=tiny-qwen2", "model.finetune=generate", "model.padding_side=left"]],
+                         ids=["head", "generate"])
+def test_validation_only_folds_never_tokenize_or_predict_test(tmp_path, comp_dir, frames, extra):
+    """A search trial's folds (run_cv validation_only): validation rows predicted, no test text touched, every fold
+    present and still no assembly."""
+    train, _, _ = frames
+    run = run_cv(tiny_cfg(comp_dir, *extra), tmp_path / "run", quiet=True, validation_only=True)
+    for k in (0, 1):
+        fold = run / "folds" / f"fold_{k}"
+        oof = pd.read_csv(fold / "oof.csv")
+        assert len(oof) == (pd.read_csv(run / "folds.csv")["fold"] == k).sum() and oof[LABELS].notna().all().all()
+        assert not (fold / "test_probs.csv").exists() and not (fold / "test_generated.csv").exists()
+        result = json.loads((fold / "result.json").read_text())
+        assert result["predict_examples"] == len(result["history"]) * len(oof)  # each validation, and no test row
+    assert not (run / "oof.csv").exists() and not (run / "report.json").exists()
+    if "model.finetune=generate" in extra:
+        assert len(pd.read_csv(run / "folds" / "fold_0" / "oof_generated.csv")) == len(train) // 2

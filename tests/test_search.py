@@ -54,6 +54,10 @@ def test_three_trials_write_a_study_and_a_best_yaml_that_reruns_the_best_trial(t
         assert t.value == t.user_attrs["cv"]
         assert (search / t.user_attrs["run_dir"] / "folds" / "fold_1" / "oof.csv").is_file()
         assert not (search / t.user_attrs["run_dir"] / "folds" / "fold_2").exists()  # only the searched folds
+        # the objective reads validation rows only: a trial never predicts test.csv
+        result = json.loads((search / t.user_attrs["run_dir"] / "folds" / "fold_1" / "result.json").read_text())
+        assert result["validation_only"] is True
+        assert not (search / t.user_attrs["run_dir"] / "folds" / "fold_1" / "test_probs.csv").exists()
     best = max((t for t in study.trials), key=lambda t: t.value)
     assert study.best_trial.number == best.number
     assert f"full run: python run_cv.py --config {search / 'best.yaml'}" in out
@@ -74,6 +78,12 @@ def test_three_trials_write_a_study_and_a_best_yaml_that_reruns_the_best_trial(t
     for k in (0, 1):
         rel = Path("folds") / f"fold_{k}" / "oof.csv"
         assert (tmp_path / "full" / rel).read_text() == (trial_dir / rel).read_text()
+
+    # an ordinary run never takes a trial's folds, which have no test predictions
+    capsys.readouterr()
+    assert run_cv_main(["--config", str(search / "best.yaml"), "--run-dir", str(trial_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "predicted its validation rows only" in err and "\n" not in err
 
     # rerunning the same command adds nothing; a larger --trials adds the difference
     assert search_main(tune_args(comp_dir, search, "--space", space)) == 0
