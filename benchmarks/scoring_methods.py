@@ -92,7 +92,6 @@ def main(argv=None) -> int:
     folds = saved.set_index(saved.columns[0])["fold"].loc[data.train_ids].to_numpy()  # in train.csv order
     chosen = args.folds if args.folds else sorted(
         int(p.name.split("_")[1]) for p in (run / "folds").glob("fold_*") if (p / "model" / "fold.json").is_file())
-    torch.set_grad_enabled(False)
     scores = {m: [] for m in METHODS}
     rows, fold_of, timing, check = [], [], {}, {}
     for k in chosen:

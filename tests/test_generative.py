@@ -271,6 +271,7 @@ def test_two_fold_generate_run_writes_every_output_and_its_adapters_reproduce_it
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main(["--run", str(run), "--out", str(tmp_path / "methods.json")]) == 0
+    assert torch.is_grad_enabled()  # it ran in this process: later tests train in it
     methods = json.loads((tmp_path / "methods.json").read_text())
     assert methods["folds"] == [0, 1] and max(methods["marginal_vs_oof_max_abs_diff"].values()) < 1e-5
     assert set(methods["methods"]) == {"marginal", "first", "alone"}
