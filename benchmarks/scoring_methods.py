@@ -31,7 +31,7 @@ METHODS = ("marginal", "first", "alone")
 def fold_scores(run: Path, cfg, data, fold: int, val_idx: np.ndarray) -> tuple:
     """({method: (n_val, n_labels) scores in the run's label order}, seconds) for one fold's validation rows."""
     from pipeline.finetune import finetune_mode, load_fold_model
-    from pipeline.generative.scoring import DONE, START, lattice_transitions
+    from pipeline.generative.scoring import DONE, START, lattice_transitions, marginals
 
     folder = run / "folds" / f"fold_{fold}" / "model"
     model, tokenizer = load_fold_model(cfg, len(data.label_cols), folder)
@@ -41,11 +41,7 @@ def fold_scores(run: Path, cfg, data, fold: int, val_idx: np.ndarray) -> tuple:
     out = {m: np.empty((len(prompts), n)) for m in METHODS}
     start = time.perf_counter()
     for idx, trans in lattice_transitions(model.lm, model.fmt, prompts, cfg.train.eval_batch_size, conv.prefix):
-        alpha = {}
-        for k in range(n):
-            alpha[k] = trans[START][k] + sum((alpha[j] * trans[j][k] for j in range(k)),
-                                             torch.zeros_like(trans[START][k]))
-        out["marginal"][idx] = torch.stack([alpha[k] for k in range(n)], 1).numpy()
+        out["marginal"][idx] = marginals(trans, n)  # what runs write
         out["first"][idx] = torch.stack([trans[START][k] for k in range(n)], 1).numpy()
         out["alone"][idx] = torch.stack([trans[START][k] * trans[k][DONE] for k in range(n)], 1).numpy()
     seconds = time.perf_counter() - start

@@ -297,14 +297,18 @@ def label_scores(lm, fmt: AnswerFormat, prompts: list, batch_size: int, prefix: 
     rest of its row), run once. Returns (n, L) float64 in [0, 1], in fmt.columns order (strictly inside unless a
     branch's logit gap exceeds ~36, beyond float64).
     """
-    n = len(fmt.columns)
-    scores = np.empty((len(prompts), n))
+    scores = np.empty((len(prompts), len(fmt.columns)))
     if not prompts:
         return scores
     for idx, trans in lattice_transitions(lm, fmt, prompts, batch_size, prefix):
-        alpha = {}  # forward probability of reaching "label k was written"
-        for k in range(n):
-            alpha[k] = trans[START][k] + sum((alpha[j] * trans[j][k] for j in range(k)),
-                                             torch.zeros_like(trans[START][k]))
-        scores[idx] = torch.stack([alpha[k] for k in range(n)], 1).numpy()
+        scores[idx] = marginals(trans, len(fmt.columns))
     return scores
+
+
+def marginals(trans: dict, n: int) -> np.ndarray:
+    """(rows, n) P(label k in the answer) from one batch's lattice steps: the forward probability of reaching the
+    state "label k was written"."""
+    alpha = {}
+    for k in range(n):
+        alpha[k] = trans[START][k] + sum((alpha[j] * trans[j][k] for j in range(k)), torch.zeros_like(trans[START][k]))
+    return torch.stack([alpha[k] for k in range(n)], 1).numpy()
