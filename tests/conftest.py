@@ -24,7 +24,9 @@ def pytest_configure(config):
     if workers:
         import torch
 
-        threads = max(1, len(os.sched_getaffinity(0)) // int(workers))
+        # the cores this process may use (macOS has no affinity call: all of them)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // int(workers))
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
 
