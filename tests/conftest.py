@@ -18,8 +18,8 @@ REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "em
 
 def pytest_configure(config):
     """Under pytest-xdist (`-n auto` in setup.cfg) each test process gets its share of the cores, and so do the
-    runs it starts in subprocesses: two workers of two torch threads each on two cores spend their time waiting
-    on each other's threads (measured: a fold running beside them went from 4.5 to 30 s a step)."""
+    runs it starts in subprocesses, so the threads never outnumber the cores (seen on 2 cores: two test processes
+    of two torch threads each beside a 2-thread fold took the fold from 4.5 to 22-30 s a step)."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
         import torch
