@@ -333,6 +333,8 @@ def predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="FILE.csv", help="texts to predict")
     p.add_argument("--out", required=True, metavar="FILE.csv", help="where the predictions go")
     p.add_argument("--runs-root", default="runs", help="where run directories live (default runs/)")
+    p.add_argument("--recompute", action="store_true", help="run the fold models even on a run's own test set "
+                   "(by default its test_probs.csv is read: the same fold models' mean, within 1e-6)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info lines")
     return p
 
@@ -354,7 +356,7 @@ def predict_main(argv: Optional[list] = None) -> int:
         from tqdm.auto import tqdm
         progress = partial(tqdm, leave=False, dynamic_ncols=True)
     print(predict_file(Path(args.input), Path(args.out), runs, Path(args.submission) if args.submission else None,
-                       root, progress))
+                       root, progress, reuse=not args.recompute))
     return 0
 
 

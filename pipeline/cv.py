@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 
 from pipeline.config import RunConfig, diff_configs, read_saved_config, save_config
-from pipeline.data import CompetitionData, fit_filter_mask, load_competition_data
+from pipeline.data import CompetitionData, fit_filter_mask, load_competition_data, texts_digest
 from pipeline.ensemble import cross_validated_preds
 from pipeline.errors import ConfigError, RunDirError
 from pipeline.extra_train import load_extra_rows
@@ -500,6 +500,7 @@ def assemble_run(cfg: RunConfig, run_dir: Path, data: CompetitionData, folds: np
     report = task.build_report(oof_probs, data.labels, folds, tuner, label_cols,
                                {"run": run_dir.name, "timing": timing, "folds": fold_infos, "config": cfg.to_dict(),
                                 "oof_tuned_cv": cv_scores, **(extra_facts or {})})
+    report["test_inputs_sha256"] = texts_digest(data.test_ids, data.test_texts)  # predict.py reads test_probs.csv
     report["headline"] = headline(task, metric, oof_probs, data.labels, tuner, cv_preds)
     # scored once, after everything is fitted; nothing above reads the test labels
     if data.holdout_labels is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,16 @@ class CompetitionData:
     @property
     def test_texts(self) -> list:
         return self.test[self.competition.text_col].tolist()
+
+
+def texts_digest(ids, texts) -> str:
+    """sha256 of ids and texts, in order: a run records its test set's, so `predict.py` knows when a file is that
+    test set again and its folds' test predictions can be read instead of computed again."""
+    digest = hashlib.sha256()
+    for row_id, text in zip(ids, texts):
+        digest.update(f"{len(str(row_id))}:{row_id}{len(text)}:".encode())
+        digest.update(text.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
 
 
 def _show(values, limit: int = 5) -> str:

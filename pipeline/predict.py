@@ -5,6 +5,10 @@ equal weights, or with a submission's runs and weights (`--submission <out>.json
 The decision rule is that submission's, else a single run's own (the one its report chose: tuned only
 where it beat the untuned rule cross-validated), else the untuned one. The output CSV holds the id
 column, then `<label>_prob` (probability) and `<label>_pred` (0/1) for every label.
+
+A file holding exactly a run's test set (same ids and texts in the same order: the sha256 its report.json records)
+is not predicted again: that run's test_probs.csv is the mean of the same fold models' probabilities (tested
+within 1e-6), and it is what make_submission.py used. `reuse=False` (`--recompute`) runs the models regardless.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import pandas as pd
 
 from competition import get_competition
 from pipeline.config import RunConfig, read_saved_config
-from pipeline.data import read_texts
+from pipeline.data import read_texts, texts_digest
 from pipeline.errors import RunDirError
 from pipeline.io import atomic_write_csv
 from pipeline.tasks import task_for
@@ -96,6 +100,14 @@ def run_label_cols(run_dir: Path) -> list:
     return list(pd.read_csv(run_dir / "test_probs.csv", nrows=0).columns[1:])
 
 
+def saved_test_probs(run_dir: Path, digest: str) -> Optional[np.ndarray]:
+    """The run's test_probs.csv when `digest` (texts_digest of the file to predict) is its test set's, else None."""
+    report = json.loads((Path(run_dir) / "report.json").read_text())
+    if report.get("test_inputs_sha256") != digest:
+        return None
+    return pd.read_csv(Path(run_dir) / "test_probs.csv")[run_label_cols(Path(run_dir))].to_numpy()
+
+
 def run_probs(run_dir: Path, texts: list, progress: Optional[Callable] = None) -> np.ndarray:
     """(len(texts), n_labels) probabilities: the mean over the run's folds of each kept fold model's
     probabilities (the task's link of its logits). progress: a tqdm-like factory or None."""
@@ -140,9 +152,10 @@ def _submission_runs(path: Path, runs_root: Path) -> tuple:
 
 
 def predict_file(input_csv: Path, out: Path, run_dirs: Optional[list] = None, submission: Optional[Path] = None,
-                 runs_root: Path = Path("runs"), progress: Optional[Callable] = None) -> str:
+                 runs_root: Path = Path("runs"), progress: Optional[Callable] = None, reuse: bool = True) -> str:
     """Predict `input_csv` (the competition's id and text columns) with the kept fold models of `run_dirs`
     (equal weights), or of the runs of a make_submission.py summary `submission` (its weights and rule).
+    reuse: read a run's test_probs.csv when the file is exactly its test set.
     Writes `out`: id, `<label>_prob` per label, `<label>_pred` per label (0/1). Returns a printable summary."""
     summary = None
     if submission is not None:
@@ -173,10 +186,17 @@ def predict_file(input_csv: Path, out: Path, run_dirs: Optional[list] = None, su
                                                f"--submission with make_submission.py's .json for one)")
     frame = read_texts(Path(input_csv), comp)
     texts = frame[comp.text_col].tolist()
-    probs = np.zeros((len(texts), len(label_cols)))
+    digest = texts_digest(frame[comp.id_col], texts)
+    probs, reused = np.zeros((len(texts), len(label_cols))), []
     for run, weight in zip(runs, weights):
-        log.info("predicting %d texts with the folds of %s", len(texts), run)
-        probs += weight * run_probs(run, texts, progress)
+        saved = saved_test_probs(run, digest) if reuse else None
+        if saved is not None:
+            log.info("%s is %s's test set (sha256 %s): its test_probs.csv, no model run", input_csv, run, digest[:12])
+            reused.append(run)
+        else:
+            log.info("predicting %d texts with the folds of %s", len(texts), run)
+            saved = run_probs(run, texts, progress)
+        probs += weight * saved
     preds = rule(probs)
     table = pd.DataFrame({comp.id_col: frame[comp.id_col]})
     for j, col in enumerate(label_cols):
@@ -188,6 +208,8 @@ def predict_file(input_csv: Path, out: Path, run_dirs: Optional[list] = None, su
     return "\n".join([f"wrote {out}: {len(table)} rows; {comp.id_col}, then <label>{PROB_SUFFIX} and "
                       f"<label>{PRED_SUFFIX} for {len(label_cols)} labels",
                       f"  runs (weight): {shown}; folds averaged on probabilities",
+                      *([f"  read from test_probs.csv (the file is their test set; --recompute runs the models): "
+                         + ", ".join(map(str, reused))] if reused else []),
                       f"  decision rule: {described}",
                       "  predicted positive rate: " + ", ".join(f"{c} {r:.3f}" for c, r in
                                                                zip(label_cols, preds.mean(0)))])

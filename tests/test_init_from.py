@@ -138,7 +138,8 @@ def test_a_run_records_its_source_predicts_without_it_and_never_reuses_folds_fro
     # a fully fine-tuned fold model holds every weight: predicting needs no source run
     moved = shutil.move(str(source), tmp_path / "moved")
     out = tmp_path / "p.csv"
-    assert predict_main(["--runs", str(run), "--input", str(comp_dir / "test.csv"), "--out", str(out), "--quiet"]) == 0
+    assert predict_main(["--runs", str(run), "--input", str(comp_dir / "test.csv"), "--out", str(out), "--quiet",
+                         "--recompute"]) == 0
     expected = pd.read_csv(run / "test_probs.csv")
     got = pd.read_csv(out)[[f"{c}_prob" for c in LABELS]].to_numpy()
     np.testing.assert_allclose(got, expected[LABELS].to_numpy(), rtol=0, atol=1e-6)
@@ -162,7 +163,7 @@ def test_a_run_on_a_frozen_source_base_predicts_again_and_needs_the_source(tmp_p
     head = json.loads((run / "report.json").read_text())["init_from"]["head"]
     assert head == {"lora": "kept", "head": "fresh"}[finetune]
     out = tmp_path / "p.csv"
-    args = ["--runs", str(run), "--input", str(comp_dir / "test.csv"), "--out", str(out), "--quiet"]
+    args = ["--runs", str(run), "--input", str(comp_dir / "test.csv"), "--out", str(out), "--quiet", "--recompute"]
     assert predict_main(args) == 0
     got = pd.read_csv(out)[[f"{c}_prob" for c in LABELS]].to_numpy()
     np.testing.assert_allclose(got, pd.read_csv(run / "test_probs.csv")[LABELS].to_numpy(), rtol=0, atol=1e-6)
