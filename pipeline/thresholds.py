@@ -111,11 +111,15 @@ class BiasTuner:
     """
 
     def __init__(self, method: str = "optuna", n_trials: int = 100, metric: str = "macro_f1", span: float = 3.0,
-                 step: float = 0.02, seed: int = 42):
+                 step: float = 0.02, seed: int = 42, rounds: int = 4):
         if metric not in _FAST:
             raise ValueError(f"unknown metric {metric!r}")
-        self.method, self.n_trials, self.metric, self.span, self.step, self.seed = \
-            method, n_trials, metric, span, step, seed
+        self.method, self.n_trials, self.metric, self.span, self.step, self.seed, self.rounds = \
+            method, n_trials, metric, span, step, seed, rounds
+
+    def budget(self, n_classes: int) -> int:
+        """TPE trials for n_classes: n_trials per free bias, at most `rounds` x n_trials."""
+        return min(self.n_trials * (n_classes - 1), self.rounds * self.n_trials)
 
     @staticmethod
     def _log(probs: np.ndarray) -> np.ndarray:
@@ -140,7 +144,7 @@ class BiasTuner:
                 return self._score(logp, y, b)
 
             # TPE gets near the peak; the coordinate grids below land on it, so the budget stays modest
-            study.optimize(objective, n_trials=min(self.n_trials * (n - 1), 4 * self.n_trials), n_jobs=1)
+            study.optimize(objective, n_trials=self.budget(n), n_jobs=1)
             best = np.r_[0.0, [study.best_params[f"b{k}"] for k in range(1, n)]]
             best = self._refine(logp, y, best)
         self.biases_ = best

@@ -113,3 +113,28 @@ def test_fast_tuner_metrics_equal_scikit_learn():
     assert _FAST["macro_f1"](y, pred, 5) == pytest.approx(f1_score(y, pred, average="macro", labels=range(5),
                                                                     zero_division=0))
     assert _FAST["accuracy"](y, pred, 5) == pytest.approx(accuracy_score(y, pred))
+
+
+def test_bias_budget_benchmark_reproduces_the_runs_cross_validated_score(tmp_path, dair_dir):
+    """benchmarks/bias_budget.py refits a finished multiclass run's rule per budget; at the default budget (rounds 4)
+    its cross-validated score is the run's own, and a smaller budget runs fewer trials."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from pipeline.config import load_config
+    from pipeline.cv import run_cv
+
+    cfg = load_config(None, [f"data.data_dir={dair_dir}", "data.competition=dair-emotion", "model.preset=tfidf-lr",
+                             "cv.n_folds=3", "thresholds.n_trials=10"])
+    run = run_cv(cfg, tmp_path / "run", quiet=True)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bias_budget.py"
+    spec = importlib.util.spec_from_file_location("bias_budget", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "budget.json"
+    assert module.main([str(run), "--rounds", "1", "4", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["rounds"] for r in rows] == [1, 4] and [r["trials"] for r in rows] == [10, 40]
+    report = json.loads((run / "report.json").read_text())
+    assert rows[1]["cv"] == pytest.approx(report["oof_tuned_cv"]["macro_f1"], abs=1e-12)
