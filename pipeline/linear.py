@@ -49,8 +49,9 @@ MODEL_FILE = "model.pkl"
 def save_tfidf_fold(model: TfidfModel, folder: Path, cfg: RunConfig, fold: int) -> None:
     """Keep a fitted fold in `folder` (model.pkl and fold.json), unless train.save_models is false.
 
-    Python's C pickler, not joblib: joblib pickles through the pure-Python pickler, which took 1.5 s to write
-    and 4.8 s to read an emotion fold (vocabularies of 86k n-grams) against 0.24 s and 0.03 s (docs/BENCHMARKS.md)."""
+    Python's C pickler, not joblib: joblib pickles through the pure-Python pickler, which took 1.0-1.3 s to write
+    and 0.4-0.5 s to read an emotion fold (86k n-grams) against 0.25 s and 0.04 s, on an idle machine
+    (docs/BENCHMARKS.md)."""
     import pickle
 
     from pipeline.io import atomic_write_folder
