@@ -186,7 +186,7 @@ def predict_file(input_csv: Path, out: Path, run_dirs: Optional[list] = None, su
                                                f"--submission with make_submission.py's .json for one)")
     frame = read_texts(Path(input_csv), comp)
     texts = frame[comp.text_col].tolist()
-    digest = texts_digest(frame[comp.id_col], texts)
+    digest = texts_digest(frame[comp.id_col], texts) if reuse else None
     probs, reused = np.zeros((len(texts), len(label_cols))), []
     for run, weight in zip(runs, weights):
         saved = saved_test_probs(run, digest) if reuse else None
