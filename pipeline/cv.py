@@ -103,6 +103,10 @@ def _save_fold(run_dir: Path, result, train_ids, test_ids, label_cols: list, ide
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
 
 
+# identity facts that folds written by older versions lack; such folds are accepted without the check
+RECORDED_SINCE = {"test_inputs_sha256"}
+
+
 def _load_fold(run_dir: Path, fold: int, identity: dict) -> Optional[dict]:
     """A finished fold's outputs, or None; refuses a fold made by another config or fold split."""
     out = _fold_dir(run_dir, fold)
@@ -113,9 +117,13 @@ def _load_fold(run_dir: Path, fold: int, identity: dict) -> Optional[dict]:
         raise RunDirError(f"{out} predicted its validation rows only, not test.csv (a search trial's fold); "
                           f"delete that folder or use another --run-dir")
     for key, value in identity.items():
+        if key in RECORDED_SINCE and key not in info:
+            continue  # a fold written before this fact was recorded: nothing to compare
         if info.get(key) != value:
             what = {"config_hash": "config", "folds_hash": "fold split",
-                    "init_from_sha256": "model.init_from fold model"}.get(key, "data.extra_train content")
+                    "init_from_sha256": "model.init_from fold model",
+                    "test_inputs_sha256": "test set (ids or texts of test.csv changed since)"}.get(
+                        key, "data.extra_train content")
             raise RunDirError(f"{out} was made with a different {what} ({key} {info.get(key)} vs {value} now); "
                               f"delete that folder or use another --run-dir")
     info["oof"] = pd.read_csv(out / "oof.csv", dtype={"id": str})
@@ -351,6 +359,8 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
     identity = {"config_hash": cfg.short_hash(), "folds_hash": folds_digest(folds)}
     if validation_only:
         identity["validation_only"] = True
+    else:  # a finished fold's test predictions are reused only for the same test texts
+        identity["test_inputs_sha256"] = texts_digest(test_ids, data.test_texts)
     leaks = extra.leaks(data, folds) if extra is not None else {}  # extra rows each fold leaves out
     if extra is not None:
         identity["extra_train_sha256"] = extra.digest
@@ -371,8 +381,10 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
     n_adjustments = len(adjustments)
     results, runner = {}, None
     todo = [] if merge_only else (wanted if wanted is not None else list(range(n_folds)))
+    # every finished fold is checked before anything trains: one made from other inputs is refused now, not after
+    finished = [k for k in range(n_folds) if _load_fold(run_dir, k, identity) is not None]
     for fold in todo:
-        if _load_fold(run_dir, fold, identity) is not None:
+        if fold in finished:
             if main:
                 log.info("fold %d/%d already finished, skipping", fold + 1, n_folds)
             continue

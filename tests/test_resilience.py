@@ -130,6 +130,26 @@ def test_mismatched_fold_is_refused(tmp_path, comp_dir):
         run_cv(cfg_for(comp_dir), a, quiet=True, merge_only=True)
 
 
+def test_fold_of_another_test_set_is_refused(tmp_path, comp_dir):
+    """A finished fold's test predictions are reused on resume only for the same test texts."""
+    run = tmp_path / "run"
+    run_cv(cfg_for(comp_dir), run, quiet=True, only_fold=0)
+    test = pd.read_csv(comp_dir / "test.csv", dtype=str, keep_default_na=False)
+    test.loc[3, "Tweet"] = test.loc[3, "Tweet"] + " edited"
+    test.to_csv(comp_dir / "test.csv", index=False)
+    with pytest.raises(RunDirError, match=r"fold_0 was made with a different test set \(ids or texts of test.csv "
+                                          r"changed since\) \(test_inputs_sha256 [0-9a-f]{64} vs [0-9a-f]{64} now\)"):
+        run_cv(cfg_for(comp_dir), run, quiet=True, only_fold=1)
+    assert not (run / "folds" / "fold_1").exists()  # refused before anything trained
+    # a fold written before the digest was recorded is accepted as it is
+    result = run / "folds" / "fold_0" / "result.json"
+    info = json.loads(result.read_text())
+    del info["test_inputs_sha256"]
+    result.write_text(json.dumps(info))
+    run_cv(cfg_for(comp_dir), run, quiet=True)
+    assert (run / "report.json").is_file()
+
+
 def test_out_of_memory_halves_batch_and_records_it(tmp_path, comp_dir, monkeypatch):
     import torch
 
