@@ -81,6 +81,8 @@ class TrainConfig:
     save_models: Optional[bool] = True  # keep each fold's trained model in folds/fold_<k>/model/ (for predict.py)
     log_with: Optional[str] = None  # tracker per fold (accelerate): 'tensorboard', 'wandb', 'mlflow', ...; None = off
     checkpoint_every: int = 0  # save a resumable checkpoint every N optimizer steps (0 = only finished folds)
+    seed: Optional[int] = None  # seed of initialisation and shuffling; None = cv.seed. Another value on the same
+    # folds (cv.seed unchanged) gives another ensemble member of the same config (a seed ensemble)
 
 
 @dataclass
@@ -127,6 +129,11 @@ class RunConfig:
         changed = {k: v for k, v in _flatten(self.result_dict()).items() if default.get(k, object()) != v}
         blob = json.dumps(changed, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
+
+    @property
+    def train_seed(self) -> int:
+        """The seed of initialisation and shuffling: train.seed, else cv.seed (which also makes the folds)."""
+        return self.cv.seed if self.train.seed is None else self.train.seed
 
     def run_name(self) -> str:
         if self.name:
@@ -347,6 +354,9 @@ def validate(cfg: RunConfig) -> RunConfig:
             p.append(f"train.{key} must be >= 0, got {getattr(t, key)}")
     if not 0 <= t.warmup_ratio < 1:
         p.append(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+    for key, value in (("cv.seed", c.seed), ("train.seed", t.seed)):  # numpy takes seeds (+ fold) below 2**32
+        if value is not None and not 0 <= value < 2 ** 31:
+            p.append(f"{key} must be in [0, 2**31), got {value}")
     if t.weight_decay < 0:
         p.append(f"train.weight_decay must be >= 0, got {t.weight_decay}")
     if t.max_grad_norm < 0:

@@ -209,7 +209,7 @@ class _NeuralFolds:
                 log.info("frozen features read from %s", cache)
                 return Features(saved["train"], saved["test"])
         start = time.perf_counter()
-        set_seed(self.cfg.cv.seed)
+        set_seed(self.cfg.train_seed)
         model, _ = build_model(self.cfg.model, len(self.data.label_cols), self.tokenizer,
                                device=self.accelerator.device)
         extractor = self.accelerator.prepare_model(FeatureExtractor(model), evaluation_mode=True)

@@ -196,7 +196,7 @@ def save_fold_model(model: nn.Module, folder: Path, cfg, fold: int) -> None:
     if cfg.train.save_models is False:  # None (configs written before it defaulted to true) keeps them too
         return
     # the seed the base was built from: per fold, except a frozen backbone for features, built once per run
-    init_seed = cfg.cv.seed if mode.frozen_features else cfg.cv.seed + fold
+    init_seed = cfg.train_seed if mode.frozen_features else cfg.train_seed + fold
 
     def write(tmp: Path) -> None:
         mode.write(model, tmp)

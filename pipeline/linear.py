@@ -97,7 +97,7 @@ def fit_tfidf_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndar
     x_train = hstack([word.fit_transform(fit_texts), char.fit_transform(fit_texts)]).tocsr()
     task = task_for(cfg.data.competition)
     weights = task.class_weights(labels[train_idx], cfg.train.pos_weight)
-    model = TfidfModel(word, char, task.linear_model(x_train, labels[train_idx], weights, C, cfg.cv.seed))
+    model = TfidfModel(word, char, task.linear_model(x_train, labels[train_idx], weights, C, cfg.train_seed))
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -64,7 +64,7 @@ def _neural_logits(cfg: RunConfig, folders: list, texts: list, n_labels: int, pr
     index, batch = np.arange(len(texts)), cfg.train.eval_batch_size
     if mode.frozen_features:
         # as the run did: the frozen backbone's pooled features once (built with the run's seed), then each fold's head
-        set_seed(cfg.cv.seed)
+        set_seed(cfg.train_seed)
         backbone, _ = build_model(cfg.model, n_labels, tokenizer, device=accelerator.device)
         extractor = accelerator.prepare_model(FeatureExtractor(backbone), evaluation_mode=True)
         features = predict_logits(extractor, accelerator, inputs, "test", index, batch, progress, "frozen features")

@@ -229,7 +229,7 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     status = status or (lambda **facts: None)
     train_idx = np.flatnonzero((folds != fold) & (True if fit_mask is None else fit_mask))
     val_idx = np.flatnonzero(folds == fold)
-    set_seed(cfg.cv.seed + fold)
+    set_seed(cfg.train_seed + fold)
     cuda = accelerator.device.type == "cuda"
     if cuda:  # the fold's own peaks, to set beside the dry-run estimate
         torch.cuda.reset_peak_memory_stats(accelerator.device)
@@ -237,14 +237,14 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
     model = mode.fold_model(cfg, inputs, labels.shape[1], tokenizer, accelerator.device)
     task = task_for(cfg.data.competition)  # the loss, validation score and link differ by task
     loss_of = mode.loss(cfg, task, labels[train_idx], accelerator.device)
-    sampler = LengthGroupedBatches(inputs.lengths("train", train_idx), batch_size, cfg.cv.seed * 1000 + fold,
+    sampler = LengthGroupedBatches(inputs.lengths("train", train_idx), batch_size, cfg.train_seed * 1000 + fold,
                                    tcfg.length_grouped)
     # the sampler yields positions into train_idx; the dataset maps them to rows
     # a private generator: creating a loader iterator draws a seed from it, and drawing from the global
     # RNG instead would shift dropout masks after a resume (the iterator is re-created mid-epoch)
     loader = DataLoader(inputs.dataset("train", train_idx, labels), batch_sampler=sampler,
                         collate_fn=inputs.collate(), num_workers=tcfg.num_workers,
-                        generator=torch.Generator().manual_seed(cfg.cv.seed + fold))
+                        generator=torch.Generator().manual_seed(cfg.train_seed + fold))
     optimizer = torch.optim.AdamW(_param_groups(model, cfg, lr), lr=lr)
     accelerator.gradient_accumulation_steps = tcfg.grad_accum_steps
     steps_per_epoch = math.ceil(len(sampler) / tcfg.grad_accum_steps)

@@ -37,6 +37,13 @@ def test_same_seed_gives_bitwise_identical_oof(tmp_path, comp_dir):
     assert_same_run(a, b)
     c = run_cv(cfg_for(comp_dir, "cv.seed=1"), tmp_path / "c", quiet=True)
     assert (a / "oof.csv").read_bytes() != (c / "oof.csv").read_bytes()
+    assert (a / "folds.csv").read_bytes() != (c / "folds.csv").read_bytes()
+    # train.seed: another initialisation and shuffling on the same folds (a seed ensemble's member)
+    d = run_cv(cfg_for(comp_dir, "train.seed=1"), tmp_path / "d", quiet=True)
+    assert (a / "folds.csv").read_bytes() == (d / "folds.csv").read_bytes()
+    assert (a / "oof.csv").read_bytes() != (d / "oof.csv").read_bytes()
+    e = run_cv(cfg_for(comp_dir, "train.seed=42"), tmp_path / "e", quiet=True)  # cv.seed's value: the same run
+    assert_same_run(a, e)
 
 
 def test_checkpoint_resume_inside_a_fold_is_identical(tmp_path, comp_dir, monkeypatch):
