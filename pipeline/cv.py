@@ -108,7 +108,7 @@ RECORDED_SINCE = {"test_inputs_sha256"}
 
 
 def _load_fold(run_dir: Path, fold: int, identity: dict) -> Optional[dict]:
-    """A finished fold's outputs, or None; refuses a fold made by another config or fold split."""
+    """A finished fold's outputs, or None; refuses a fold made by another config, fold split or test set."""
     out = _fold_dir(run_dir, fold)
     if not (out / "result.json").is_file():
         return None
@@ -379,12 +379,12 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
                                    f"status_fold_{'-'.join(str(k) for k in wanted)}.json"), enabled=main,
                         listener=on_status)
     n_adjustments = len(adjustments)
-    results, runner = {}, None
+    runner = None
     todo = [] if merge_only else (wanted if wanted is not None else list(range(n_folds)))
-    # every finished fold is checked before anything trains: one made from other inputs is refused now, not after
-    finished = [k for k in range(n_folds) if _load_fold(run_dir, k, identity) is not None]
+    # every finished fold is read and checked before anything trains: one made from other inputs is refused now
+    results = {k: done for k in range(n_folds) if (done := _load_fold(run_dir, k, identity)) is not None}
     for fold in todo:
-        if fold in finished:
+        if fold in results:
             if main:
                 log.info("fold %d/%d already finished, skipping", fold + 1, n_folds)
             continue
@@ -408,10 +408,11 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
             n_adjustments = len(adjustments)
     if validation_only:
         return run_dir
-    for fold in range(n_folds):
+    for fold in set(range(n_folds)) - set(results):  # trained above, or by another shard meanwhile
         done = _load_fold(run_dir, fold, identity)
         if done is not None:
             results[fold] = done
+    results = dict(sorted(results.items()))
     missing = [k for k in range(n_folds) if k not in results]
     if missing:
         if only_fold is not None and not merge_only:
