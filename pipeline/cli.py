@@ -118,8 +118,9 @@ def submission_parser() -> argparse.ArgumentParser:
                                 "(matched by id), tune thresholds on the averaged OOF, write a submission CSV.")
     p.add_argument("--runs", nargs="+", help="run directories (or names under runs/) to average "
                    "(default: the latest completed run)")
-    p.add_argument("--weights", nargs="+", help="one weight per run, or 'auto' to search them on OOF by ensemble "
-                   "selection (the summary then also shows a cross-validated score); default: equal")
+    p.add_argument("--weights", nargs="+", help="one weight per run; 'auto' to search them on OOF by ensemble "
+                   "selection; or 'stack' to fit a logistic regression per label on the runs' logits (weights and "
+                   "calibration per label, fitted across folds); default: equal")
     p.add_argument("--out", help="submission path (default submissions/<run or ensemble name>.csv)")
     p.add_argument("--data-dir", help="competition data folder (default: the one the first run used)")
     p.add_argument("--runs-root", default="runs", help="where run directories live (default runs/)")
@@ -182,13 +183,13 @@ def make_submission_main(argv: Optional[list] = None) -> int:
         digest = hashlib.sha256("+".join(sorted(r.name for r in runs)).encode()).hexdigest()[:8]
         out = Path("submissions") / f"ensemble-{len(runs)}runs-{digest}.csv"
     weights = args.weights
-    if weights == ["auto"]:
-        weights = "auto"
+    if weights in (["auto"], ["stack"]):
+        weights = weights[0]
     elif weights is not None:
         try:
             weights = [float(w) for w in weights]
         except ValueError as exc:
-            raise PipelineError(f"--weights takes one number per run or 'auto', got {' '.join(weights)}") from exc
+            raise PipelineError(f"--weights takes one number per run, 'auto' or 'stack', got {' '.join(weights)}") from exc
     summary = make_submission(runs, out, weights, args.data_dir)
     print(summary)
     if args.score:

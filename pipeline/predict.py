@@ -1,7 +1,8 @@
 """Predicts any CSV of texts with the fold models that finished runs kept (`predict.py`, `kfold-predict`).
 
 A run's folds are averaged on probabilities, as cv.py averages its test predictions; several runs with
-equal weights, or with a submission's runs and weights (`--submission <out>.json` of make_submission.py).
+equal weights, or with a submission's runs and weights (`--submission <out>.json` of make_submission.py), or its
+stacker when it was made with `--weights stack`.
 The decision rule is that submission's, else a single run's own (the one its report chose: tuned only
 where it beat the untuned rule cross-validated), else the untuned one. The output CSV holds the id
 column, then `<label>_prob` (probability) and `<label>_pred` (0/1) for every label.
@@ -25,6 +26,7 @@ from pipeline.config import RunConfig, read_saved_config
 from pipeline.data import read_texts, texts_digest
 from pipeline.errors import RunDirError
 from pipeline.io import atomic_write_csv
+from pipeline.stacking import stacker_from_json
 from pipeline.tasks import task_for
 
 log = logging.getLogger("pipeline")
@@ -187,8 +189,8 @@ def predict_file(input_csv: Path, out: Path, run_dirs: Optional[list] = None, su
     frame = read_texts(Path(input_csv), comp)
     texts = frame[comp.text_col].tolist()
     digest = texts_digest(frame[comp.id_col], texts) if reuse else None
-    probs, reused = np.zeros((len(texts), len(label_cols))), []
-    for run, weight in zip(runs, weights):
+    members, reused = [], []
+    for run in runs:
         saved = saved_test_probs(run, digest) if reuse else None
         if saved is not None:
             log.info("%s is %s's test set (sha256 %s): its test_probs.csv, no model run", input_csv, run, digest[:12])
@@ -196,7 +198,12 @@ def predict_file(input_csv: Path, out: Path, run_dirs: Optional[list] = None, su
         else:
             log.info("predicting %d texts with the folds of %s", len(texts), run)
             saved = run_probs(run, texts, progress)
-        probs += weight * saved
+        members.append(saved)
+    if summary is not None and summary.get("combine") == "stack":
+        probs = stacker_from_json(summary.get("stacker"), label_cols, [Path(r).name for r in summary["runs"]]).predict(
+            members)
+    else:
+        probs = sum(w * p for w, p in zip(weights, members))
     preds = rule(probs)
     table = pd.DataFrame({comp.id_col: frame[comp.id_col]})
     for j, col in enumerate(label_cols):
@@ -204,7 +211,9 @@ def predict_file(input_csv: Path, out: Path, run_dirs: Optional[list] = None, su
     for j, col in enumerate(label_cols):
         table[col + PRED_SUFFIX] = preds[:, j].astype(np.int64)
     atomic_write_csv(Path(out), table)
-    shown = ", ".join(f"{r} ({w:.2f})" for r, w in zip(runs, weights))
+    stacked = summary is not None and summary.get("combine") == "stack"
+    shown = ", ".join(f"{r} ({w:.2f})" for r, w in zip(runs, weights)) + (
+        f"; stacked by {submission}'s logistic regression (mean coefficients in brackets)" if stacked else "")
     return "\n".join([f"wrote {out}: {len(table)} rows; {comp.id_col}, then <label>{PROB_SUFFIX} and "
                       f"<label>{PRED_SUFFIX} for {len(label_cols)} labels",
                       f"  runs (weight): {shown}; folds averaged on probabilities",

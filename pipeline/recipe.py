@@ -52,7 +52,7 @@ class RunStep:
 @dataclass(frozen=True)
 class EnsembleStep:
     runs: tuple  # names of the runs averaged (matched by id)
-    weights: str = "equal"  # 'equal' or 'auto' (searched on OOF by ensemble selection)
+    weights: str = "equal"  # 'equal', 'auto' (searched on OOF by ensemble selection) or 'stack' (pipeline/stacking.py)
 
 
 @dataclass
@@ -214,8 +214,8 @@ def parse_recipe(raw, source: str = "recipe") -> Recipe:
     problems += [f"ensemble.runs: '{m}' names no run{_close(m, names)}; declared: {', '.join(names)}"
                  for m in members if m not in names]
     weights = ensemble.get("weights", "equal")
-    if weights not in ("equal", "auto"):
-        problems.append(f"ensemble.weights must be equal or auto, got {weights!r}")
+    if weights not in ("equal", "auto", "stack"):
+        problems.append(f"ensemble.weights must be equal, auto or stack, got {weights!r}")
     recipe.ensemble = EnsembleStep(tuple(members), weights)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
@@ -273,7 +273,7 @@ def recipe_steps(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = Non
     out = recipe_dir / SUBMISSION
     argv = ["--runs", *(str(recipe_dir / "runs" / n) for n in e.runs), "--out", str(out), *data]
     steps.append(Step("ensemble", "ensemble", "ensemble", "make_submission.py",
-                      tuple(argv + (["--weights", "auto"] if e.weights == "auto" else [])), str(out)))
+                      tuple(argv + (["--weights", e.weights] if e.weights != "equal" else [])), str(out)))
     return steps
 
 
@@ -341,7 +341,8 @@ def _ensemble_figures(submission: Path, metric: str, untuned_rule: str) -> dict:
     untuned = next(k for k in scores if k not in (f"{metric}_tuned", f"{metric}_cv"))
     return {"metric": metric, "untuned_rule": untuned_rule, "untuned": scores[untuned],
             "tuned": scores[f"{metric}_tuned"], "cv": scores[f"{metric}_cv"], "weights": summary["weights"],
-            "weights_searched": summary["weights_searched"], "rule": summary["rule"]}
+            "weights_searched": summary["weights_searched"], "rule": summary["rule"],
+            "combine": summary.get("combine", "average")}
 
 
 def check_same_folds(run_dirs: list) -> None:
@@ -465,8 +466,10 @@ def recipe_table(record: dict) -> str:
                   f"finished it)"]
     if record.get("submission"):
         e = record["ensemble"]
-        lines.append(f"submission: {record['submission']} (weights {', '.join(f'{w:.2f}' for w in e['weights'])}"
-                     f"{' searched on OOF' if e['weights_searched'] else ''}; decision rule: {e['rule']})")
+        shown = ", ".join(f"{w:.2f}" for w in e["weights"])
+        how = (f"stacked, mean coefficients {shown}" if e.get("combine") == "stack" else
+               f"weights {shown}{' searched on OOF' if e['weights_searched'] else ''}")
+        lines.append(f"submission: {record['submission']} ({how}; decision rule: {e['rule']})")
     return "\n".join(lines)
 
 

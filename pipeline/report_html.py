@@ -402,17 +402,21 @@ def submission_page(summary: dict, name: str) -> str:
     metric_keys = list(summary["ensemble"])
     body_rows = [[run, num(w)] + [num(s[k]) for k in metric_keys]
                  for (run, s), w in zip(summary["per_run"].items(), summary["weights"])]
-    head = "<tr><th class=text>member</th><th>weight</th>" + "".join(
+    stacked = summary.get("combine") == "stack"
+    head = f"<tr><th class=text>member</th><th>{'mean coefficient' if stacked else 'weight'}</th>" + "".join(
         f"<th>{esc(k.replace('_', ' '))}</th>" for k in metric_keys) + "</tr>"
     rows = "".join("<tr>" + f"<td class=text>{esc(r[0])}</td>" + "".join(f"<td>{esc(v)}</td>" for v in r[1:]) + "</tr>"
                    for r in body_rows)
-    rows += "<tr><td class=text><b>ensemble</b></td><td>1</td>" + "".join(
+    rows += f"<tr><td class=text><b>ensemble</b></td><td>{'' if stacked else 1}</td>" + "".join(
         f'<td class=num data-key="ensemble.{esc(k)}">{num(summary["ensemble"][k])}</td>' for k in metric_keys)
     rows += "</tr>"
-    body = section("Members and ensemble", f"OOF scores of each run and of their weighted average (weights "
-                   f"{'searched on OOF' if summary.get('weights_searched') else 'as given'}); the cross-validated "
-                   f"column fits weights and rule on the other folds only, so it is the one to compare with the "
-                   f"leaderboard. Rule used: {summary['rule']}.", f"<table class=headline>{head}{rows}</table>",
+    how = ("stacked by a logistic regression fitted on OOF, its coefficients per label in the summary's 'stacker'; "
+           "the ensemble's OOF rows are cross-fitted (each fold by a stacker fitted on the others)" if stacked else
+           f"their weighted average (weights {'searched on OOF' if summary.get('weights_searched') else 'as given'})")
+    body = section("Members and ensemble", f"OOF scores of each run and of the ensemble, {how}; the cross-validated "
+                   f"column fits {'stacker' if stacked else 'weights'} and rule on the other folds only, so it is the "
+                   f"one to compare with the leaderboard. Rule used: {summary['rule']}.",
+                   f"<table class=headline>{head}{rows}</table>",
                    "members")
     rule_key = next(k for k in ("thresholds", "biases") if k in summary)
     train_rate, test_rate = summary["training_positive_rate"], summary["predicted_positive_rate"]

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 
 from competition import get_competition
+from pipeline import stacking
 from pipeline.config import read_saved_config
 from pipeline.data import label_block_columns, load_competition_data, read_csv, read_solution
 from pipeline.ensemble import average_runs, cross_validated_preds, read_run, search_weights
@@ -28,7 +30,9 @@ from pipeline.submission import build_submission, write_submission
 def make_submission(run_dirs: list, out: Path, weights=None, data_dir: Optional[str] = None) -> str:
     """Ensemble `run_dirs`, write the submission to `out`. Returns a printable summary.
 
-    weights: None (equal), one number per run, or 'auto' (searched on OOF by ensemble selection).
+    weights: None (equal), one number per run, 'auto' (searched on OOF by ensemble selection) or 'stack'
+    (a logistic regression per label on the runs' logits, pipeline/stacking.py; its OOF figures use
+    cross-fitted stacker outputs).
     Scores come three ways: untuned (at 0.5 / argmax); with the rule (thresholds or class biases) and
     searched weights tuned on all of OOF, which is optimistic; and cross-validated, with rule and
     weights fitted on the other folds only. The submission uses the tuned rule when its cross-validated
@@ -51,36 +55,54 @@ def make_submission(run_dirs: list, out: Path, weights=None, data_dir: Optional[
     labels = data.labels_for(ids)
     folds = runs[0].folds.loc[ids].to_numpy()
     oofs = [run.oof.loc[ids, run.label_cols].to_numpy() for run in runs]
-    searched = isinstance(weights, str)
+    stacked = weights == "stack"
+    searched = isinstance(weights, str) and not stacked
     if searched and weights != "auto":
-        raise DataError(f"--weights takes numbers or 'auto', got {weights!r}")
+        raise DataError(f"--weights takes numbers, 'auto' or 'stack', got {weights!r}")
 
     def search_score(probs, y):
         return task.search_score(probs, y, metric)
 
     if searched:
         weights = search_weights(oofs, labels, score=search_score).tolist() if len(runs) > 1 else [1.0]
-    oof, test = average_runs(runs, weights)
 
     def make_tuner():
         return task.decider(cfg.thresholds, cfg.cv.seed, metric)
 
+    def make_stacker():
+        return task.stacker(cfg.cv.seed)
+
+    if stacked:  # OOF: cross-fitted stacker outputs; test: the stacker fitted on all OOF rows
+        stacking.check_folds(folds)
+        stacker = make_stacker().fit(oofs, labels)
+        test_ids = runs[0].test.index
+        oof = pd.DataFrame(stacking.cross_fit(make_stacker, oofs, labels, folds), index=ids, columns=data.label_cols)
+        test = pd.DataFrame(stacker.predict([run.test.loc[test_ids, run.label_cols].to_numpy() for run in runs]),
+                            index=test_ids, columns=data.label_cols)
+    else:
+        oof, test = average_runs(runs, weights)
     tuner = make_tuner().fit(oof.to_numpy(), labels)
 
     untuned = f"{metric}_{task.untuned.replace(' ', '_')}"
 
-    def scores(probs_list, run_weights, rule):
-        probs = sum(w * p for w, p in zip(run_weights, probs_list))
-        cv = cross_validated_preds(probs_list, labels, folds, make_tuner,
-                                   None if searched and len(probs_list) > 1 else np.asarray(run_weights, dtype=float),
-                                   search_score)
+    def scores(probs_list, run_weights, rule, probs=None):
+        probs = sum(w * p for w, p in zip(run_weights, probs_list)) if probs is None else probs
+        if stacked and len(probs_list) > 1:
+            cv = stacking.cross_validated_preds(make_stacker, probs_list, labels, folds, make_tuner)
+        else:
+            cv = cross_validated_preds(probs_list, labels, folds, make_tuner,
+                                       None if searched and len(probs_list) > 1 else np.asarray(run_weights, float),
+                                       search_score)
         return {untuned: task.score(labels, task.untuned_preds(probs), metric),
                 f"{metric}_tuned": task.score(labels, rule.predict(probs), metric),
                 f"{metric}_cv": task.score(labels, cv, metric)}
 
     per_run = {run.name: scores([p], [1.0], make_tuner().fit(p, labels)) for run, p in zip(runs, oofs)}
-    norm = np.ones(len(runs)) / len(runs) if weights is None else np.asarray(weights, float) / np.sum(weights)
-    ensemble = scores(oofs, norm, tuner)
+    if stacked:  # each run's coefficient averaged over labels: the stacker's own weights are per label
+        norm = stacker.member_weights()
+    else:
+        norm = np.ones(len(runs)) / len(runs) if weights is None else np.asarray(weights, float) / np.sum(weights)
+    ensemble = scores(oofs, norm, tuner, oof.to_numpy())
     # the tuned rule is used only where it wins out of sample: its cross-validated score against the
     # untuned one (both honest; e.g. class biases on dair-emotion lose: docs/BENCHMARKS.md)
     use_tuned = ensemble[f"{metric}_cv"] > ensemble[untuned]
@@ -93,6 +115,8 @@ def make_submission(run_dirs: list, out: Path, weights=None, data_dir: Optional[
     train_rate = labels.mean(0)
     pred_rate = rule.predict(test_probs).mean(0)
     summary = {"runs": [str(r) for r in run_dirs], "weights": norm.tolist(), "weights_searched": searched,
+               "combine": "stack" if stacked else "average",
+               **({"stacker": stacker.to_json(data.label_cols, [run.name for run in runs])} if stacked else {}),
                "rule": "tuned" if use_tuned else task.untuned,
                "n_oof_rows": len(oof), task.decision_file.removesuffix(".json"): task.decision_json(rule, data.label_cols),
                "per_run": per_run, "ensemble": ensemble,
@@ -113,7 +137,9 @@ def make_submission(run_dirs: list, out: Path, weights=None, data_dir: Optional[
                      f"{s[f'{metric}_cv']:.4f} cross-validated")
     if len(runs) > 1:
         shown = ", ".join(f"{w:.2f}" for w in norm)
-        lines.append(f"  ensemble of {len(runs)} (weights {shown}{', searched on OOF' if searched else ''}): "
+        how = (f"stacked: {stacker.what}, mean coefficients {shown}" if stacked else
+               f"weights {shown}{', searched on OOF' if searched else ''}")
+        lines.append(f"  ensemble of {len(runs)} ({how}): "
                      f"OOF {metric} {ensemble[untuned]:.4f} {task.untuned}, {ensemble[f'{metric}_tuned']:.4f} tuned, "
                      f"{ensemble[f'{metric}_cv']:.4f} cross-validated")
     lines.append(f"  decision rule: {'tuned' if use_tuned else task.untuned} (cross-validated {metric} with the tuned "

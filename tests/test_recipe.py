@@ -163,7 +163,7 @@ BAD = [
     ({"runs": [{"name": "a", "model": "tfidf-lr"}], "ensemble": {"runs": ["a", "b"]}},
      ["ensemble.runs", "'b' names no run"]),
     ({"runs": [{"name": "a", "model": "tfidf-lr"}], "ensemble": {"weights": "best"}},
-     ["ensemble.weights must be equal or auto"]),
+     ["ensemble.weights must be equal, auto or stack"]),
     ({"runs": [{"name": "a", "model": "tfidf-lr", "set": {"cv.n_folds": 3}}]},
      ["runs[0].set: cv.n_folds is the same for every step"]),
     ({"runs": [{"name": "a", "model": "tfidf-lr"}, {"name": "a", "model": "tfidf-lr"}]}, ["run name 'a' appears twice"]),

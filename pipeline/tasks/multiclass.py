@@ -112,6 +112,13 @@ class Multiclass:
     def decision_json(self, decider, label_cols: list) -> dict:
         return dict(zip(label_cols, decider.biases_.tolist()))
 
+    def stacker(self, seed: int):
+        """An unfitted stacker for `--weights stack`: one multinomial logistic regression on all members'
+        log-probabilities (pipeline/stacking.py)."""
+        from pipeline.stacking import MultinomialStacker
+
+        return MultinomialStacker(seed=seed)
+
     def search_score(self, probs: np.ndarray, labels: np.ndarray, metric: str = "macro_f1") -> float:
         """What ensemble-weight search maximises: the metric of the argmax (bias tuning is too slow
         to run inside the search; biases are tuned once the weights are chosen)."""

@@ -87,6 +87,12 @@ class Multilabel:
     def decision_json(self, decider, label_cols: list) -> dict:
         return dict(zip(label_cols, decider.thresholds_.tolist()))
 
+    def stacker(self, seed: int):
+        """An unfitted stacker for `--weights stack`: one logistic regression per label (pipeline/stacking.py)."""
+        from pipeline.stacking import LabelwiseStacker
+
+        return LabelwiseStacker(seed=seed)
+
     def search_score(self, probs: np.ndarray, labels: np.ndarray, metric: str = "macro_f1") -> float:
         """What ensemble-weight search maximises: macro-F1 at each label's best threshold (exact sweep)."""
         from pipeline.ensemble import best_macro_f1
