@@ -199,7 +199,8 @@ def predict_file(input_csv: Path, out: Path, run_dirs: Optional[list] = None, su
             log.info("predicting %d texts with the folds of %s", len(texts), run)
             saved = run_probs(run, texts, progress)
         members.append(saved)
-    if summary is not None and summary.get("combine") == "stack":
+    stacked = summary is not None and summary.get("combine") == "stack"
+    if stacked:
         probs = stacker_from_json(summary.get("stacker"), label_cols, [Path(r).name for r in summary["runs"]]).predict(
             members)
     else:
@@ -211,7 +212,6 @@ def predict_file(input_csv: Path, out: Path, run_dirs: Optional[list] = None, su
     for j, col in enumerate(label_cols):
         table[col + PRED_SUFFIX] = preds[:, j].astype(np.int64)
     atomic_write_csv(Path(out), table)
-    stacked = summary is not None and summary.get("combine") == "stack"
     shown = ", ".join(f"{r} ({w:.2f})" for r, w in zip(runs, weights)) + (
         f"; stacked by {submission}'s logistic regression (mean coefficients in brackets)" if stacked else "")
     return "\n".join([f"wrote {out}: {len(table)} rows; {comp.id_col}, then <label>{PROB_SUFFIX} and "
