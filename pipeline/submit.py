@@ -59,6 +59,8 @@ def make_submission(run_dirs: list, out: Path, weights=None, data_dir: Optional[
     searched = isinstance(weights, str) and not stacked
     if searched and weights != "auto":
         raise DataError(f"--weights takes numbers, 'auto' or 'stack', got {weights!r}")
+    if stacked and len(runs) < 2:
+        raise DataError(f"--weights stack combines several runs; got one ({runs[0].name}): drop --weights or add runs")
 
     def search_score(probs, y):
         return task.search_score(probs, y, metric)
@@ -87,7 +89,7 @@ def make_submission(run_dirs: list, out: Path, weights=None, data_dir: Optional[
 
     def scores(probs_list, run_weights, rule, probs=None):
         probs = sum(w * p for w, p in zip(run_weights, probs_list)) if probs is None else probs
-        if stacked and len(probs_list) > 1:
+        if stacked and len(probs_list) > 1:  # a member alone is scored as itself
             cv = stacking.cross_validated_preds(make_stacker, probs_list, labels, folds, make_tuner)
         else:
             cv = cross_validated_preds(probs_list, labels, folds, make_tuner,

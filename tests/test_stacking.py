@@ -125,10 +125,11 @@ def test_multiclass_submission_can_stack(tmp_path, dair_dir):
     assert np.asarray(classes)[preds_of(out, classes).argmax(1)].tolist() == submitted.tolist()
 
 
-def test_bad_weights_word_and_too_few_folds_are_one_line(tmp_path, comp_dir, capsys):
+def test_bad_weights_word_one_run_and_too_few_folds_are_one_line(tmp_path, comp_dir, capsys):
     a = tiny_run(tmp_path, comp_dir, "a", "model.preset=tfidf-lr")  # 2 folds
-    for word, message in (("stacked", "'auto' or 'stack'"), ("stack", "at least 3 folds")):
+    for runs, word, message in (([a, a], "stacked", "'auto' or 'stack'"), ([a], "stack", "combines several runs"),
+                                ([a, a], "stack", "at least 3 folds")):
         out = tmp_path / f"{word}.csv"
-        assert make_submission_main(["--runs", str(a), str(a), "--weights", word, "--out", str(out)]) == 2
+        assert make_submission_main(["--runs", *map(str, runs), "--weights", word, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1 and not out.exists()
