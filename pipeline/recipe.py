@@ -3,7 +3,8 @@ through the ordinary entry points (pretrain.py, run_cv.py, make_submission.py), 
 could type and every step resumes as that command does.
 
 Recipe directory (default runs/recipes/<name>): models/<name>/ (pretrain.py outputs), runs/<name>/ (run
-directories, all with the recipe's folds and seed), submission.csv (+ .json, .html, ledger.csv beside it), and
+directories, all with the recipe's seed, and the recipe's folds except a run on another competition, an
+intermediate fine-tuning a later run starts from with `model.init_from: run:<name>`), submission.csv (+ .json, .html, ledger.csv beside it), and
 recipe.json (written after every step: each step's status, command and wall time, each run's and the ensemble's
 OOF figures). A rerun of the same command skips finished steps.
 """
@@ -47,6 +48,11 @@ class RunStep:
     model: Optional[str] = None  # preset; None = the config file's (or minilm-l6)
     config: Optional[str] = None  # run-config YAML, relative to the current directory; None = defaults
     set: tuple = ()  # `section.key=value` overrides; a value `pretrained:<name>` or `run:<name>` is that folder
+    # another competition (e.g. goemotions): an intermediate fine-tuning for a later run's model.init_from, never an
+    # ensemble member; its own K and data folder (default: the recipe's --data-dir's sibling named for it)
+    competition: Optional[str] = None
+    folds: Optional[int] = None
+    data_dir: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -187,11 +193,11 @@ def parse_recipe(raw, source: str = "recipe") -> Recipe:
         problems.append("runs must list at least one run")
     for i, entry in enumerate(runs):
         key = f"runs[{i}]"
-        _unknown(key, entry, ["name", "model", "config", "set"], problems)
+        _unknown(key, entry, ["name", "model", "config", "set", "competition", "folds", "data_dir"], problems)
         if "name" not in entry:
             problems.append(f"{key}.name is required")
         step = RunStep(entry.get("name", ""), entry.get("model"), entry.get("config"),
-                       _overrides(f"{key}.set", entry.get("set"), problems))
+                       _overrides(f"{key}.set", entry.get("set"), problems), *_elsewhere(key, entry, recipe, problems))
         if step.config is not None and not Path(str(step.config)).is_file():
             problems.append(f"{key}.config: file {step.config} does not exist (paths are relative to the current "
                             f"directory)")
@@ -207,12 +213,16 @@ def parse_recipe(raw, source: str = "recipe") -> Recipe:
         problems.append(f"ensemble must be a mapping with 'runs' and 'weights', got {ensemble!r}")
         ensemble = {}
     _unknown("ensemble", ensemble, ["runs", "weights"], problems)
-    members = ensemble.get("runs", names)
+    outside = {r.name: r.competition for r in recipe.runs if r.competition}
+    members = ensemble.get("runs", [n for n in names if n not in outside])
     if not isinstance(members, list) or not members:
         problems.append(f"ensemble.runs must be a non-empty list of run names, got {members!r}")
         members = []
     problems += [f"ensemble.runs: '{m}' names no run{_close(m, names)}; declared: {', '.join(names)}"
                  for m in members if m not in names]
+    problems += [f"ensemble.runs: '{m}' runs on {outside[m]}, not {recipe.competition}: a run on another "
+                 f"competition is only a starting point (model.init_from: run:{m}), never a member"
+                 for m in members if m in outside]
     weights = ensemble.get("weights", "equal")
     if weights not in ("equal", "auto", "stack"):
         problems.append(f"ensemble.weights must be equal, auto or stack, got {weights!r}")
@@ -220,6 +230,27 @@ def parse_recipe(raw, source: str = "recipe") -> Recipe:
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
     return recipe
+
+
+def _elsewhere(key: str, entry: dict, recipe: Recipe, problems: list) -> tuple:
+    """A run's (competition, folds, data_dir): all None for a run on the recipe's competition (which must share
+    the recipe's folds); set only for a run on another competition."""
+    competition, folds, data_dir = entry.get("competition"), entry.get("folds"), entry.get("data_dir")
+    if competition is not None and (not isinstance(competition, str) or not competition):
+        problems.append(f"{key}.competition must be a competition name, got {competition!r}")
+    if competition == recipe.competition:
+        competition = None  # the recipe's own: the same as leaving it out
+    if competition is None:
+        problems += [f"{key}.{k} is only for a run on another competition (a recipe's members share its folds and "
+                     f"data); set {key}.competition too, or leave {k} out" for k, v in (("folds", folds),
+                                                                                      ("data_dir", data_dir))
+                     if v is not None]
+        return None, None, None
+    if folds is not None:
+        _int(f"{key}.folds", folds, 2, problems)
+    if data_dir is not None and not isinstance(data_dir, str):
+        problems.append(f"{key}.data_dir must be a folder path, got {data_dir!r}")
+    return competition, folds, data_dir
 
 
 def load_recipe(path) -> Recipe:
@@ -265,8 +296,11 @@ def recipe_steps(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = Non
         out = recipe_dir / "runs" / r.name
         overrides, uses = _resolve(recipe.set + r.set, recipe_dir)
         argv = (["--config", str(r.config)] if r.config else []) + (["--model", r.model] if r.model else [])
-        argv += ["--competition", recipe.competition, *data, "--folds", str(recipe.folds), "--seed", str(recipe.seed),
-                 "--run-dir", str(out)]
+        where = ["--competition", recipe.competition, *data]
+        if r.competition:  # its own folder: given, else the sibling of the recipe's --data-dir named for it
+            folder = r.data_dir or (str(Path(data_dir).parent / r.competition) if data_dir else None)
+            where = ["--competition", r.competition] + (["--data-dir", folder] if folder else [])
+        argv += [*where, "--folds", str(r.folds or recipe.folds), "--seed", str(recipe.seed), "--run-dir", str(out)]
         steps.append(Step("run", r.name, f"runs[{i}]", "run_cv.py",
                           tuple(argv + [a for s in overrides for a in ("--set", s)] + loud), str(out), uses))
     e = recipe.ensemble
@@ -449,7 +483,7 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
             entry["figures"] = _run_figures(Path(step.output))
         record["steps"].append(entry)
         if step.kind == "ensemble":
-            head = next(s["figures"] for s in record["steps"] if s["kind"] == "run")
+            head = next(s["figures"] for s in record["steps"] if s["name"] == recipe.ensemble.runs[0])
             record["ensemble"] = _ensemble_figures(Path(step.output), head["metric"], head["untuned_rule"])
             record["submission"] = step.output
             record["finished"] = True
@@ -507,7 +541,6 @@ def dry_run(recipe: Recipe, steps: list) -> None:
         if step.kind == "run":
             print()
             run_cv_main([a for a in step.argv if a != "--quiet"] + ["--dry-run"])
-    n_labels = len(get_competition(recipe.competition).classes) or 11  # as run_cv.py --dry-run counts the head
     print("\nPlanned peak GPU memory per run (bf16 compute, gradient checkpointing as configured):")
     for step in steps:
         if step.kind != "run":
@@ -516,6 +549,7 @@ def dry_run(recipe: Recipe, steps: list) -> None:
         if get_preset(cfg.model.preset).kind == "tfidf":
             print(f"  {step.name:24s} {cfg.model.preset:24s} no neural network")
             continue
+        n_labels = len(get_competition(cfg.data.competition).classes) or 11  # as run_cv.py --dry-run counts them
         est = estimate_memory(cfg, "cuda", n_labels)
         cards = [f"{c} GB" for c in CARDS_GIB if est.fits(c)]
         print(f"  {step.name:24s} {cfg.model.preset:24s} {gib(est.total()):>10s}   fits: "

@@ -167,6 +167,12 @@ BAD = [
     ({"runs": [{"name": "a", "model": "tfidf-lr", "set": {"cv.n_folds": 3}}]},
      ["runs[0].set: cv.n_folds is the same for every step"]),
     ({"runs": [{"name": "a", "model": "tfidf-lr"}, {"name": "a", "model": "tfidf-lr"}]}, ["run name 'a' appears twice"]),
+    ({"runs": [{"name": "g", "model": "minilm-l6", "competition": "goemotions"}, {"name": "a", "model": "tfidf-lr"}],
+      "ensemble": {"runs": ["g", "a"]}}, ["ensemble.runs: 'g' runs on goemotions", "never a member"]),
+    ({"runs": [{"name": "a", "model": "tfidf-lr", "folds": 3, "data_dir": "x"}]},
+     ["runs[0].folds is only for a run on another competition", "runs[0].data_dir is only for"]),
+    ({"runs": [{"name": "g", "model": "tfidf-lr", "competition": "goemotions", "folds": 1}, {"name": "a"}]},
+     ["runs[0].folds must be an integer >= 2, got 1"]),
     ({"pretrain": [{"name": "p", "model": "minilm-l6", "epochs": 0}], "runs": [{"name": "a"}]},
      ["pretrain[0].epochs must be an integer >= 1"]),
     # a step's own config, checked as its entry point checks it, before anything trains
@@ -210,6 +216,40 @@ def test_references_resolve_to_the_recipe_directory(tmp_path):
     configs = check_steps(recipe, steps)
     assert configs["runs[1]"].model.lora_targets == ["query", "value"]  # a list goes through --set intact
     assert recipe.ensemble.runs == ("a", "b") and recipe.ensemble.weights == "equal"  # defaults: all, equal
+
+    raw["runs"].insert(0, {"name": "g", "model": "tiny-encoder", "competition": "goemotions", "data_dir": "go"})
+    steps = recipe_steps(parse_recipe(raw, "refs.yaml"), tmp_path / "rd", "data/emotion-detection-fall-2024")
+    assert "--competition goemotions --data-dir go --folds 5 " in steps[1].command  # its own folder, K as the recipe
+    raw["runs"][0].pop("data_dir")
+    steps = recipe_steps(parse_recipe(raw, "refs.yaml"), tmp_path / "rd", "data/emotion-detection-fall-2024")
+    assert "--competition goemotions --data-dir data/goemotions --folds 5 " in steps[1].command  # the sibling
+
+
+def test_a_run_on_another_competition_is_a_starting_point_not_a_member(tmp_path, comp_dir, spies):
+    """An intermediate fine-tuning (here on a tiny dair-emotion, 3 folds) runs first in its own data folder (the
+    sibling of --data-dir named for it); the competition's run starts from it through model.init_from: run:<name>;
+    the default ensemble leaves it out."""
+    from conftest import make_multiclass_frames, write_multiclass
+
+    write_multiclass(comp_dir.parent / "dair-emotion", *make_multiclass_frames(n_train=60, n_val=12, n_test=20))
+    raw = {**TINY, "pretrain": [],
+           "runs": [{"name": "dair", "model": "tiny-encoder", "competition": "dair-emotion", "folds": 3},
+                    {"name": "enc", "model": "tiny-encoder", "set": {"model.init_from": "run:dair"}},
+                    {"name": "tfidf", "model": "tfidf-lr"}]}
+    del raw["ensemble"]
+    recipe, rd = _write(tmp_path / "inter.yaml", raw), tmp_path / "rd"
+    assert recipe_main(_argv(recipe, comp_dir, rd)) == 0
+    assert [len(s.calls) for s in spies.values()] == [0, 3, 1]
+    dair = yaml.safe_load((rd / "runs" / "dair" / "config.yaml").read_text())
+    assert dair["data"]["competition"] == "dair-emotion" and dair["cv"] == {"n_folds": 3, "seed": 0}
+    assert dair["data"]["data_dir"] == str(comp_dir.parent / "dair-emotion")
+    enc = json.loads((rd / "runs" / "enc" / "report.json").read_text())["init_from"]
+    assert enc["run"] == str(rd / "runs" / "dair") and enc["head"] == "fresh"  # other labels: a new head
+    record = _record(rd)
+    assert record["ensemble"]["weights"] == [0.5, 0.5]  # enc and tfidf only
+    assert spies["ensemble"].calls[0][:3] == ["--runs", str(rd / "runs" / "enc"), str(rd / "runs" / "tfidf")]
+    head = json.loads((rd / "runs" / "enc" / "report.json").read_text())["headline"]
+    assert record["ensemble"]["metric"] == head["metric"] and record["ensemble"]["untuned_rule"] == head["untuned_rule"]
 
 
 def test_dry_run_prints_the_plans_and_writes_nothing(tmp_path, comp_dir, capsys):
