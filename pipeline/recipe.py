@@ -84,6 +84,7 @@ class Step:
     argv: tuple  # the entry's arguments
     output: str  # the folder or file it writes
     uses: tuple = ()  # pretrain names whose output it starts from
+    competition: Optional[str] = None  # a run on another competition than the recipe's (an intermediate one)
 
     @property
     def command(self) -> str:
@@ -302,7 +303,8 @@ def recipe_steps(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = Non
             where = ["--competition", r.competition] + (["--data-dir", folder] if folder else [])
         argv += [*where, "--folds", str(r.folds or recipe.folds), "--seed", str(recipe.seed), "--run-dir", str(out)]
         steps.append(Step("run", r.name, f"runs[{i}]", "run_cv.py",
-                          tuple(argv + [a for s in overrides for a in ("--set", s)] + loud), str(out), uses))
+                          tuple(argv + [a for s in overrides for a in ("--set", s)] + loud), str(out), uses,
+                          r.competition))
     e = recipe.ensemble
     out = recipe_dir / SUBMISSION
     argv = ["--runs", *(str(recipe_dir / "runs" / n) for n in e.runs), "--out", str(out), *data]
@@ -445,6 +447,8 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
     for i, step in enumerate(steps):
         before = earlier.get((step.kind, step.name), {})
         entry = {"kind": step.kind, "name": step.name, "command": step.command, "output": step.output}
+        if step.competition:
+            entry["competition"] = step.competition
         started = time.perf_counter()
         if step.kind == "pretrain":
             done = (Path(step.output) / "pretrain.json").is_file()
@@ -505,15 +509,17 @@ def _fmt(value) -> str:
 def recipe_table(record: dict) -> str:
     """The short table printed at the end: each step's status and wall time, each run's and the ensemble's OOF
     figures (untuned, tuned on all of OOF, cross-validated)."""
-    figures = [s["figures"] for s in record["steps"] if "figures" in s]
+    # the header's metric and rule are the recipe competition's (a run on another one may score another way)
+    figures = [s["figures"] for s in record["steps"] if "figures" in s and "competition" not in s]
     metric = figures[0]["metric"] if figures else "score"
     rule = figures[0]["untuned_rule"] if figures else "untuned"
     lines = [f"recipe {record['name']} in {record['recipe_dir']}", "",
              f"| step | status | wall s | OOF {metric} {rule} | tuned | cross-validated |", "|---|---|---:|---:|---:|---:|"]
     for s in record["steps"]:
         f = record.get("ensemble", {}) if s["kind"] == "ensemble" else s.get("figures", {})
-        lines.append(f"| {s['kind']} {s['name']} | {s['status']} | {s['wall_seconds']:.1f} | {_fmt(f.get('untuned'))} "
-                     f"| {_fmt(f.get('tuned'))} | {_fmt(f.get('cv'))} |")
+        where = f" ({s['competition']}, its own metric)" if "competition" in s else ""
+        lines.append(f"| {s['kind']} {s['name']}{where} | {s['status']} | {s['wall_seconds']:.1f} "
+                     f"| {_fmt(f.get('untuned'))} | {_fmt(f.get('tuned'))} | {_fmt(f.get('cv'))} |")
     total = record["total_wall_seconds"]
     lines += ["", f"total wall time {total:.0f} s ({total / 60:.1f} min; each step's time in the invocation that "
                   f"finished it)"]

@@ -225,7 +225,7 @@ def test_references_resolve_to_the_recipe_directory(tmp_path):
     assert "--competition goemotions --data-dir data/goemotions --folds 5 " in steps[1].command  # the sibling
 
 
-def test_a_run_on_another_competition_is_a_starting_point_not_a_member(tmp_path, comp_dir, spies):
+def test_a_run_on_another_competition_is_a_starting_point_not_a_member(tmp_path, comp_dir, spies, capsys):
     """An intermediate fine-tuning (here on a tiny dair-emotion, 3 folds) runs first in its own data folder (the
     sibling of --data-dir named for it); the competition's run starts from it through model.init_from: run:<name>;
     the default ensemble leaves it out."""
@@ -250,6 +250,9 @@ def test_a_run_on_another_competition_is_a_starting_point_not_a_member(tmp_path,
     assert spies["ensemble"].calls[0][:3] == ["--runs", str(rd / "runs" / "enc"), str(rd / "runs" / "tfidf")]
     head = json.loads((rd / "runs" / "enc" / "report.json").read_text())["headline"]
     assert record["ensemble"]["metric"] == head["metric"] and record["ensemble"]["untuned_rule"] == head["untuned_rule"]
+    out = capsys.readouterr().out  # the table's header is the competition's rule, the dair run's row says so
+    assert f"| OOF {head['metric']} {head['untuned_rule']} |" in out
+    assert "| run dair (dair-emotion, its own metric) | ran |" in out
 
 
 def test_dry_run_prints_the_plans_and_writes_nothing(tmp_path, comp_dir, capsys):
