@@ -14,8 +14,8 @@ import yaml
 from pipeline import cli
 from pipeline import pretrain as pretrain_mod
 from pipeline.errors import RunDirError
-from pipeline.recipe import (RECORD, SUBMISSION, check_same_folds, check_steps, load_recipe, parse_recipe,
-                             recipe_main, recipe_steps)
+from pipeline.recipe import RECORD, SUBMISSION, check_same_folds, check_steps, recipe_main, recipe_steps
+from pipeline.recipe_file import load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
