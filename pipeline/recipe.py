@@ -6,7 +6,8 @@ Recipe directory (default runs/recipes/<name>): models/<name>/ (pretrain.py outp
 directories, all with the recipe's seed, and the recipe's folds except a run on another competition, an
 intermediate fine-tuning a later run starts from with `model.init_from: run:<name>`), submission.csv (+ .json,
 .html, ledger.csv beside it), and recipe.json (written after every step: each step's status, command and wall
-time, each run's and the ensemble's OOF figures). A rerun of the same command skips finished steps.
+time, each run's and the ensemble's OOF figures). A rerun of the same command skips finished steps. Reading and
+checking the recipe file itself is pipeline/recipe_file.py's job.
 """
 from __future__ import annotations
 
