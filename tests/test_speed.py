@@ -184,3 +184,29 @@ def test_generate_speed_script_on_a_tiny_decoder(comp_dir, tmp_path):
         assert result[key] > 0 and math.isfinite(result[key]), key
     assert result["shared_prefix_tokens"] > 10 and result["rows"] == 12 and result["train_batch"] == 4
     assert "score_rows_per_s" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def compile_bench():
+    spec = importlib.util.spec_from_file_location("benchmarks_torch_compile", ROOT / "benchmarks" / "torch_compile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compile_benchmark_eager_only_on_the_tiny_encoder(compile_bench, comp_dir, tmp_path, capsys):
+    """benchmarks/torch_compile.py with no compile mode (compiling takes a minute: measured in BENCHMARKS.md
+    instead): the batches, the timed blocks and the JSON it writes. Too few rows: one line naming the flags."""
+    out = tmp_path / "compile.json"
+    args = ["--tiny", "--data-dir", str(comp_dir), "--modes", "--warmup", "1", "--blocks", "2",
+            "--steps-per-block", "1", "--out", str(out)]
+    assert compile_bench.main(args + ["--rows", "48"]) == 0  # tiny-encoder's batch is 16: 3 batches
+    result = json.loads(out.read_text())
+    assert result["timed_steps"] == 2 and result["timed_examples"] == 32 and result["blocks"] == 2
+    assert set(result["seconds"]) == {"eager"} and result["speedup_over_eager"] == {"eager": 1.0}
+    assert result["examples_per_second"]["eager"] > 0
+    out.unlink()
+    assert compile_bench.main(args + ["--rows", "30"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: --rows 30 gives 2 batches; 3 are needed (--warmup + --blocks x --steps-per-block)"
+    assert not out.exists()
