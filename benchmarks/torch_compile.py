@@ -2,10 +2,11 @@
 batches, in one process.
 
 Each variant (eager, then one per compile mode) is a copy of the same freshly built model with its own AdamW.
-The compiled ones first run untimed warm-up steps (compilation and, for max-autotune, GEMM autotuning; cached
-on disk by inductor, so a second run warms up faster), then all variants take turns over blocks of steps on the
-same length-grouped batches (the order rotated per block, so a machine that speeds up or slows down during the
-run favours none of them). Steps: forward, BCE with logits, backward, clipping, AdamW, as in the training loop.
+Each first runs untimed warm-up steps (for the compiled ones: compilation and, for max-autotune, GEMM
+autotuning; inductor caches both on disk, so a second run warms up faster), then all variants take turns over
+blocks of steps on the same length-grouped batches (the order rotated per block, so a machine that speeds up or
+slows down during the run favours none of them). A step is the training loop's work without its positive
+weights and learning-rate schedule: forward, BCE with logits, backward, clipping, AdamW.
 
     python benchmarks/torch_compile.py --data-dir ../shared/data/emotion-detection-fall-2024 --out runs/compile.json
 """
