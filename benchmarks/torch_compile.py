@@ -102,17 +102,28 @@ def run_benchmark(args: argparse.Namespace, log=lambda line: print(line, file=sy
     return result
 
 
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=None, help="competition folder (default: data/emotion-detection-fall-2024)")
     p.add_argument("--preset", default="minilm-l6", help="encoder preset (default: minilm-l6)")
     p.add_argument("--tiny", action="store_true", help="the tiny-encoder preset instead (tests)")
-    p.add_argument("--modes", nargs="*", default=["default", "max-autotune-no-cudagraphs"],
-                   help="torch.compile modes to compare with eager (none: eager alone, for a quick check)")
-    p.add_argument("--rows", type=int, default=3000, help="training rows tokenized and batched (default: 3000)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (default: 3)")
-    p.add_argument("--blocks", type=int, default=4, help="timed blocks, each variant once per block (default: 4)")
-    p.add_argument("--steps-per-block", type=int, default=20, help="steps per variant per block (default: 20)")
+    p.add_argument("--modes", nargs="*", default=["default", "max-autotune-no-cudagraphs"], choices=MODES,
+                   metavar="MODE", help=f"torch.compile modes to compare with eager, of {', '.join(MODES)} "
+                   "(none: eager alone, for a quick check)")
+    p.add_argument("--rows", type=_positive, default=3000, help="training rows tokenized and batched (default: 3000)")
+    p.add_argument("--warmup", type=_positive, default=3, help="untimed steps per variant first (default: 3)")
+    p.add_argument("--blocks", type=_positive, default=4, help="timed blocks, each variant once per block (default: 4)")
+    p.add_argument("--steps-per-block", type=_positive, default=20, help="steps per variant per block (default: 20)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default=None, help="write the result as JSON here too")
     return p
