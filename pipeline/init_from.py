@@ -1,4 +1,4 @@
-"""`model.init_from`: a run starts from another finished run's fine-tuned fold model instead of the preset's
+"""`model.init_from`: a run starts from another run's fine-tuned fold model instead of the preset's
 weights (e.g. fine-tune on GoEmotions first, then run the K-fold on the competition).
 
 `load_into` (called once, by build_model) loads the source fold's backbone over the preset's one, a LoRA
@@ -37,17 +37,17 @@ class Source:
 
 
 def source_run(cfg: ModelConfig) -> Source:
-    """The run `cfg.init_from` names, checked: a finished run of the same preset that kept fold `cfg.init_fold`.
-    Each refusal is one ConfigError naming the folder and what to change."""
-    from pipeline.predict import run_label_cols
+    """The run `cfg.init_from` names, checked: a run of the same preset whose fold `cfg.init_fold` finished and
+    kept its model (the other folds need not be there: `run_cv.py --fold K` trains the one fold a later run
+    starts from). Each refusal is one ConfigError naming the folder and what to change."""
+    import pandas as pd
+
     from pipeline.presets import settings
 
     run, key = Path(cfg.init_from), f"model.init_from={cfg.init_from}"
     if not (run / "config.yaml").is_file():
         what = "does not exist" if not run.exists() else "is not a run directory (no config.yaml)"
-        raise ConfigError(f"{key} {what}; it must be a finished run whose fold models the weights start from")
-    if not (run / "report.json").is_file():
-        raise ConfigError(f"{key} is not a finished run (no report.json); finish it with run_cv.py first")
+        raise ConfigError(f"{key} {what}; it must be a run whose fold model the weights start from")
     saved = read_saved_config(run / "config.yaml")
     if saved.model.preset != cfg.preset:
         raise ConfigError(f"{key} was trained with preset '{saved.model.preset}', this run uses '{cfg.preset}'; a "
@@ -55,6 +55,10 @@ def source_run(cfg: ModelConfig) -> Source:
     n_folds, fold = saved.cv.n_folds, cfg.init_fold
     if not 0 <= fold < n_folds:
         raise ConfigError(f"model.init_fold must be in [0, {n_folds - 1}] for the {n_folds} folds of {run}, got {fold}")
+    fold_dir = run / "folds" / f"fold_{fold}"
+    if not (fold_dir / "result.json").is_file():
+        raise ConfigError(f"{key} has not finished fold {fold} (no {fold_dir / 'result.json'}); finish it with "
+                          f"run_cv.py (--fold {fold} trains that fold alone) or set model.init_fold to a finished one")
     kept = [k for k in range(n_folds) if (run / "folds" / f"fold_{k}" / "model" / "fold.json").is_file()]
     if not kept:
         raise ConfigError(f"{key} kept no fold models (folds/fold_<k>/model/): it was trained with "
@@ -65,9 +69,9 @@ def source_run(cfg: ModelConfig) -> Source:
     if settings(saved.model).load_in_4bit:
         raise ConfigError(f"{key} trained on a 4-bit base (model.load_in_4bit): its weights cannot be merged back "
                           f"to full precision; start from a run without 4-bit loading")
-    folder = run / "folds" / f"fold_{fold}" / "model"
-    meta = json.loads((folder / "fold.json").read_text())
-    return Source(run, fold, saved, folder, meta["finetune"], run_label_cols(run))
+    meta = json.loads((fold_dir / "model" / "fold.json").read_text())
+    label_cols = list(pd.read_csv(fold_dir / "oof.csv", nrows=0).columns[1:])  # its probability columns
+    return Source(run, fold, saved, fold_dir / "model", meta["finetune"], label_cols)
 
 
 def weights_digest(source: Source) -> str:

@@ -43,6 +43,7 @@ class Step:
     output: str  # the folder or file it writes
     uses: tuple = ()  # pretrain names whose output it starts from
     competition: Optional[str] = None  # a run on another competition than the recipe's (an intermediate one)
+    fold: Optional[int] = None  # such a run may train one fold only (run_cv.py --fold): done once that fold is
 
     @property
     def command(self) -> str:
@@ -90,9 +91,10 @@ def recipe_steps(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = Non
             folder = r.data_dir or (str(Path(data_dir).parent / r.competition) if data_dir else None)
             where = ["--competition", r.competition] + (["--data-dir", folder] if folder else [])
         argv += [*where, "--folds", str(r.folds or recipe.folds), "--seed", str(recipe.seed), "--run-dir", str(out)]
+        argv += ["--fold", str(r.fold)] if r.fold is not None else []
         steps.append(Step("run", r.name, f"runs[{i}]", "run_cv.py",
                           tuple(argv + [a for s in overrides for a in ("--set", s)] + loud), str(out), uses,
-                          r.competition))
+                          r.competition, r.fold))
     e = recipe.ensemble
     out = recipe_dir / SUBMISSION
     argv = ["--runs", *(str(recipe_dir / "runs" / n) for n in e.runs), "--out", str(out), *data]
@@ -152,12 +154,13 @@ def check_weights(recipe: Recipe, steps: list, configs: dict) -> None:
         raise ConfigError(f"{recipe.source}: " + "; ".join(problems))
 
 
-def _finished_run(run_dir: Path, cfg) -> bool:
-    """A completed run directory made with exactly this config."""
+def _finished_run(run_dir: Path, cfg, fold: Optional[int] = None) -> bool:
+    """A completed run directory made with exactly this config (for a one-fold step: that fold finished)."""
     from pipeline.config import diff_configs, read_saved_config
 
     saved = run_dir / "config.yaml"
-    return (run_dir / "report.json").is_file() and saved.is_file() and \
+    marker = "report.json" if fold is None else f"folds/fold_{fold}/result.json"
+    return (run_dir / marker).is_file() and saved.is_file() and \
         not diff_configs(read_saved_config(saved).result_dict(), cfg.result_dict())
 
 
@@ -237,6 +240,8 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
         entry = {"kind": step.kind, "name": step.name, "command": step.command, "output": step.output}
         if step.competition:
             entry["competition"] = step.competition
+        if step.fold is not None:
+            entry["fold"] = step.fold
         started = time.perf_counter()
         if step.kind == "pretrain":
             done = (Path(step.output) / "pretrain.json").is_file()
@@ -244,7 +249,7 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
             if not done:
                 fresh.add(step.name)
         elif step.kind == "run":
-            done = _finished_run(Path(step.output), configs[step.key])
+            done = _finished_run(Path(step.output), configs[step.key], step.fold)
             stale = [n for n in step.uses if n in fresh]
             if stale and not done and (Path(step.output) / "folds").is_dir():
                 raise ConfigError(f"{recipe_dir / 'models' / stale[0]} was pretrained again just now, but "
@@ -271,7 +276,7 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
         entry.update(status="done earlier" if done else "ran",
                      wall_seconds=round(seconds if not done else wall if wall is not None else
                                         (_own_wall_seconds(step) or seconds), 2))
-        if step.kind == "run":
+        if step.kind == "run" and step.fold is None:  # one fold of a run has no OOF figures
             entry["figures"] = _run_figures(Path(step.output))
         record["steps"].append(entry)
         if step.kind == "ensemble":
@@ -305,7 +310,8 @@ def recipe_table(record: dict) -> str:
              f"| step | status | wall s | OOF {metric} {rule} | tuned | cross-validated |", "|---|---|---:|---:|---:|---:|"]
     for s in record["steps"]:
         f = record.get("ensemble", {}) if s["kind"] == "ensemble" else s.get("figures", {})
-        where = f" ({s['competition']}, its own metric)" if "competition" in s else ""
+        where = (f" ({s['competition']}, fold {s['fold']} only)" if "fold" in s else
+                 f" ({s['competition']}, its own metric)" if "competition" in s else "")
         lines.append(f"| {s['kind']} {s['name']}{where} | {s['status']} | {s['wall_seconds']:.1f} "
                      f"| {_fmt(f.get('untuned'))} | {_fmt(f.get('tuned'))} | {_fmt(f.get('cv'))} |")
     total = record["total_wall_seconds"]

@@ -37,6 +37,8 @@ class RunStep:
     competition: Optional[str] = None
     folds: Optional[int] = None
     data_dir: Optional[str] = None
+    # train only this fold of such a run (run_cv.py --fold): the one fold model a later run starts from
+    fold: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,8 @@ def parse_recipe(raw, source: str = "recipe") -> Recipe:
         problems.append("runs must list at least one run")
     for i, entry in enumerate(runs):
         key = f"runs[{i}]"
-        _unknown(key, entry, ["name", "model", "config", "set", "competition", "folds", "data_dir"], problems)
+        _unknown(key, entry, ["name", "model", "config", "set", "competition", "folds", "data_dir", "fold"],
+                 problems)
         if "name" not in entry:
             problems.append(f"{key}.name is required")
         step = RunStep(entry.get("name", ""), entry.get("model"), entry.get("config"),
@@ -171,6 +174,7 @@ def parse_recipe(raw, source: str = "recipe") -> Recipe:
                             f"directory)")
         _shared(f"{key}.set", step.set, SHARED_KEYS + ("data.max_rows",), problems)
         _references(f"{key}.set", step.set, pretrains, [r.name for r in recipe.runs], problems)
+        _init_fold(key, recipe.set + step.set, {r.name: r.fold for r in recipe.runs if r.fold is not None}, problems)
         recipe.runs.append(step)
     names = [r.name for r in recipe.runs]
     for what, listed in (("pretrain", pretrains), ("run", names)):
@@ -200,25 +204,38 @@ def parse_recipe(raw, source: str = "recipe") -> Recipe:
     return recipe
 
 
+def _init_fold(key: str, overrides: tuple, one_fold: dict, problems: list) -> None:
+    """A run starting from a run that trains one fold (`fold: k`) must start from that fold (model.init_fold)."""
+    values = dict(item.split("=", 1) for item in overrides)
+    source = values.get("model.init_from", "")
+    name = source[len("run:"):] if source.startswith("run:") else None
+    if name in one_fold and str(values.get("model.init_fold", 0)).strip() != str(one_fold[name]):
+        problems.append(f"{key}.set: model.init_from: run:{name} trains fold {one_fold[name]} only, so "
+                        f"model.init_fold must be {one_fold[name]} (got {values.get('model.init_fold', 0)})")
+
+
 def _elsewhere(key: str, entry: dict, recipe: Recipe, problems: list) -> tuple:
-    """A run's (competition, folds, data_dir): all None for a run on the recipe's competition (which must share
-    the recipe's folds); set only for a run on another competition."""
+    """A run's (competition, folds, data_dir, fold): all None for a run on the recipe's competition (which must
+    share the recipe's folds); set only for a run on another competition."""
     competition, folds, data_dir = entry.get("competition"), entry.get("folds"), entry.get("data_dir")
+    fold = entry.get("fold")
     if competition is not None and (not isinstance(competition, str) or not competition):
         problems.append(f"{key}.competition must be a competition name, got {competition!r}")
     if competition == recipe.competition:
         competition = None  # the recipe's own: the same as leaving it out
     if competition is None:
         problems += [f"{key}.{k} is only for a run on another competition (a recipe's members share its folds and "
-                     f"data); set {key}.competition too, or leave {k} out" for k, v in (("folds", folds),
-                                                                                      ("data_dir", data_dir))
-                     if v is not None]
-        return None, None, None
+                     f"data); set {key}.competition too, or leave {k} out"
+                     for k, v in (("folds", folds), ("data_dir", data_dir), ("fold", fold)) if v is not None]
+        return None, None, None, None
     if folds is not None:
         _int(f"{key}.folds", folds, 2, problems)
     if data_dir is not None and not isinstance(data_dir, str):
         problems.append(f"{key}.data_dir must be a folder path, got {data_dir!r}")
-    return competition, folds, data_dir
+    k = folds if isinstance(folds, int) else recipe.folds
+    if fold is not None and (not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < k):
+        problems.append(f"{key}.fold must be a fold of its {k} folds, 0 to {k - 1}, got {fold!r}")
+    return competition, folds, data_dir, fold
 
 
 def load_recipe(path) -> Recipe:

@@ -1,6 +1,7 @@
-"""model.init_from (pipeline/init_from.py): a run starts from another finished run's fold model. The head carries
-over only with the same labels; a LoRA source is merged; a source that trained on this run's texts is refused;
-bad sources get one-line errors; folds trained from other weights are never reused; predict.py still rebuilds."""
+"""model.init_from (pipeline/init_from.py): a run starts from another run's finished fold model (the source may
+have trained that fold alone). The head carries over only with the same labels; a LoRA source is merged; a source
+that trained on this run's texts is refused; bad sources get one-line errors; folds trained from other weights are
+never reused; predict.py still rebuilds."""
 from __future__ import annotations
 
 import json
@@ -207,6 +208,25 @@ def test_a_source_trained_on_this_runs_texts_is_refused_also_through_the_run_it_
         check_source(tiny_cfg(comp_dir, f"model.init_from={clean}"), load_competition_data(tiny_cfg(comp_dir).data))
 
 
+def test_a_source_needs_only_its_one_fold(tmp_path, comp_dir):
+    """`run_cv.py --fold 0` on the source (what a recipe's intermediate run with `fold: 0` does) trains half the
+    folds and assembles nothing; a run starts from that fold exactly as from the same fold of a complete run."""
+    same = write_competition(tmp_path / "same-comp", *source_frames())
+    assert run_cv_main(["--data-dir", str(same), "--quiet", "--run-dir", str(tmp_path / "one"), "--fold", "0",
+                        *[a for s in TINY for a in ("--set", s)]]) == 0
+    one = tmp_path / "one"
+    assert (one / "folds" / "fold_0" / "result.json").is_file() and not (one / "folds" / "fold_1").exists()
+    assert not (one / "report.json").exists()
+    complete = tiny_run(tmp_path / "complete", same)
+    for source in (one, complete):
+        cfg, record = resolved(tiny_cfg(comp_dir, f"model.init_from={source}"))
+        assert record["fold"] == 0 and record["head"] == "kept"
+        model, _ = build_model(cfg.model, len(LABELS))
+        torch.testing.assert_close(logits(model.eval()), logits(fold_model(complete)), rtol=0, atol=1e-5)
+    assert resolved(tiny_cfg(comp_dir, f"model.init_from={one}"))[1]["sha256"] == \
+        resolved(tiny_cfg(comp_dir, f"model.init_from={complete}"))[1]["sha256"]
+
+
 def test_bad_sources_get_one_line_errors(tmp_path, comp_dir, sources, capsys):
     def refused(source, *extra) -> str:
         code = run_cv_main(["--data-dir", str(comp_dir), "--quiet", "--run-dir", str(tmp_path / "run"),
@@ -221,7 +241,9 @@ def test_bad_sources_get_one_line_errors(tmp_path, comp_dir, sources, capsys):
     assert "is not a run directory (no config.yaml)" in refused(comp_dir)
     unfinished = shutil.copytree(sources["full"], tmp_path / "unfinished")
     (unfinished / "report.json").unlink()
-    assert "is not a finished run (no report.json)" in refused(unfinished)
+    (unfinished / "folds" / "fold_1" / "result.json").unlink()  # fold 1 was stopped before it finished
+    assert "has not finished fold 1" in refused(unfinished, "model.init_fold=1") and "--fold 1 trains that fold alone" \
+        in refused(unfinished, "model.init_fold=1")
     no_models = shutil.copytree(sources["full"], tmp_path / "no-models")
     for k in range(2):
         shutil.rmtree(no_models / "folds" / f"fold_{k}" / "model")

@@ -173,6 +173,12 @@ BAD = [
      ["runs[0].folds is only for a run on another competition", "runs[0].data_dir is only for"]),
     ({"runs": [{"name": "g", "model": "tfidf-lr", "competition": "goemotions", "folds": 1}, {"name": "a"}]},
      ["runs[0].folds must be an integer >= 2, got 1"]),
+    ({"runs": [{"name": "a", "model": "tfidf-lr", "fold": 0}]}, ["runs[0].fold is only for a run on another"]),
+    ({"runs": [{"name": "g", "model": "tfidf-lr", "competition": "goemotions", "folds": 2, "fold": 2},
+               {"name": "a"}]}, ["runs[0].fold must be a fold of its 2 folds, 0 to 1, got 2"]),
+    ({"runs": [{"name": "g", "model": "minilm-l6", "competition": "goemotions", "fold": 1},
+               {"name": "a", "model": "minilm-l6", "set": {"model.init_from": "run:g"}}]},
+     ["runs[1].set: model.init_from: run:g trains fold 1 only, so model.init_fold must be 1 (got 0)"]),
     ({"pretrain": [{"name": "p", "model": "minilm-l6", "epochs": 0}], "runs": [{"name": "a"}]},
      ["pretrain[0].epochs must be an integer >= 1"]),
     # a step's own config, checked as its entry point checks it, before anything trains
@@ -226,22 +232,26 @@ def test_references_resolve_to_the_recipe_directory(tmp_path):
 
 
 def test_a_run_on_another_competition_is_a_starting_point_not_a_member(tmp_path, comp_dir, spies, capsys):
-    """An intermediate fine-tuning (here on a tiny dair-emotion, 3 folds) runs first in its own data folder (the
-    sibling of --data-dir named for it); the competition's run starts from it through model.init_from: run:<name>;
-    the default ensemble leaves it out."""
+    """An intermediate fine-tuning (here on a tiny dair-emotion, 3 folds, of which it trains fold 0 only) runs first
+    in its own data folder (the sibling of --data-dir named for it); the competition's run starts from it through
+    model.init_from: run:<name>; the default ensemble leaves it out; a rerun skips the finished fold."""
     from conftest import make_multiclass_frames, write_multiclass
 
     write_multiclass(comp_dir.parent / "dair-emotion", *make_multiclass_frames(n_train=60, n_val=12, n_test=20))
     raw = {**TINY, "pretrain": [],
-           "runs": [{"name": "dair", "model": "tiny-encoder", "competition": "dair-emotion", "folds": 3},
+           "runs": [{"name": "dair", "model": "tiny-encoder", "competition": "dair-emotion", "folds": 3, "fold": 0},
                     {"name": "enc", "model": "tiny-encoder", "set": {"model.init_from": "run:dair"}},
                     {"name": "tfidf", "model": "tfidf-lr"}]}
     del raw["ensemble"]
     recipe, rd = _write(tmp_path / "inter.yaml", raw), tmp_path / "rd"
     assert recipe_main(_argv(recipe, comp_dir, rd)) == 0
     assert [len(s.calls) for s in spies.values()] == [0, 3, 1]
+    first = spies["run"].calls[0]
+    assert first[first.index("--fold") + 1] == "0"
     dair = yaml.safe_load((rd / "runs" / "dair" / "config.yaml").read_text())
     assert dair["data"]["competition"] == "dair-emotion" and dair["cv"] == {"n_folds": 3, "seed": 0}
+    assert sorted(p.name for p in (rd / "runs" / "dair" / "folds").iterdir()) == ["fold_0"]
+    assert not (rd / "runs" / "dair" / "report.json").exists()
     assert dair["data"]["data_dir"] == str(comp_dir.parent / "dair-emotion")
     enc = json.loads((rd / "runs" / "enc" / "report.json").read_text())["init_from"]
     assert enc["run"] == str(rd / "runs" / "dair") and enc["head"] == "fresh"  # other labels: a new head
@@ -252,7 +262,10 @@ def test_a_run_on_another_competition_is_a_starting_point_not_a_member(tmp_path,
     assert record["ensemble"]["metric"] == head["metric"] and record["ensemble"]["untuned_rule"] == head["untuned_rule"]
     out = capsys.readouterr().out  # the table's header is the competition's rule, the dair run's row says so
     assert f"| OOF {head['metric']} {head['untuned_rule']} |" in out
-    assert "| run dair (dair-emotion, its own metric) | ran |" in out
+    assert "| run dair (dair-emotion, fold 0 only) | ran |" in out
+    assert recipe_main(_argv(recipe, comp_dir, rd)) == 0  # a rerun: every step done, the one fold included
+    assert [len(s.calls) for s in spies.values()] == [0, 3, 1]
+    assert "| run dair (dair-emotion, fold 0 only) | done earlier |" in capsys.readouterr().out
 
 
 def test_dry_run_prints_the_plans_and_writes_nothing(tmp_path, comp_dir, capsys):
