@@ -131,6 +131,13 @@ def check_steps(recipe: Recipe, steps: list) -> dict:
             configs[step.key] = step_config(step)
         except PipelineError as exc:
             problems.append(f"{step.key} ({step.name}): {exc}")
+    one_fold = {s.output: s for s in steps if s.kind == "run" and s.fold is not None}
+    for step in steps:  # a run starting from a one-fold run (`fold: k`) must start from that fold
+        cfg = configs.get(step.key)
+        source = one_fold.get(str(cfg.model.init_from)) if cfg is not None and cfg.model.init_from else None
+        if source is not None and cfg.model.init_fold != source.fold:
+            problems.append(f"{step.key}.set: model.init_from: run:{source.name} trains fold {source.fold} only, so "
+                            f"model.init_fold must be {source.fold} (got {cfg.model.init_fold})")
     if problems:
         raise ConfigError(f"{recipe.source}: " + "; ".join(problems))
     return configs

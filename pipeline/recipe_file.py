@@ -174,7 +174,6 @@ def parse_recipe(raw, source: str = "recipe") -> Recipe:
                             f"directory)")
         _shared(f"{key}.set", step.set, SHARED_KEYS + ("data.max_rows",), problems)
         _references(f"{key}.set", step.set, pretrains, [r.name for r in recipe.runs], problems)
-        _init_fold(key, recipe.set + step.set, {r.name: r.fold for r in recipe.runs if r.fold is not None}, problems)
         recipe.runs.append(step)
     names = [r.name for r in recipe.runs]
     for what, listed in (("pretrain", pretrains), ("run", names)):
@@ -202,16 +201,6 @@ def parse_recipe(raw, source: str = "recipe") -> Recipe:
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
     return recipe
-
-
-def _init_fold(key: str, overrides: tuple, one_fold: dict, problems: list) -> None:
-    """A run starting from a run that trains one fold (`fold: k`) must start from that fold (model.init_fold)."""
-    values = dict(item.split("=", 1) for item in overrides)
-    source = values.get("model.init_from", "")
-    name = source[len("run:"):] if source.startswith("run:") else None
-    if name in one_fold and str(values.get("model.init_fold", 0)).strip() != str(one_fold[name]):
-        problems.append(f"{key}.set: model.init_from: run:{name} trains fold {one_fold[name]} only, so "
-                        f"model.init_fold must be {one_fold[name]} (got {values.get('model.init_fold', 0)})")
 
 
 def _elsewhere(key: str, entry: dict, recipe: Recipe, problems: list) -> tuple:
