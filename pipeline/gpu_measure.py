@@ -81,7 +81,7 @@ def _child(case: dict) -> dict:
     from pipeline.models import build_model
     from pipeline.plan import estimate_memory
     from pipeline.tasks import get_task
-    from pipeline.train import _param_groups, resolve_precision
+    from pipeline.train import _param_groups, adamw, resolve_precision
 
     cfg = case_config(case)
     torch.manual_seed(0)
@@ -90,7 +90,7 @@ def _child(case: dict) -> dict:
     accelerator = Accelerator(mixed_precision=resolve_precision(cfg.train.mixed_precision))
     torch.cuda.reset_peak_memory_stats()
     model, _ = build_model(cfg.model, n_labels, device=accelerator.device)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg, 1e-4), lr=1e-4)
+    optimizer = adamw(_param_groups(model, cfg, 1e-4), 1e-4)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()  # as the loop does each epoch: from_pretrained hands out eval mode, where checkpointing is off
     ids = torch.randint(0, TOKENIZER_VOCAB, (b, s), device=accelerator.device)

@@ -77,7 +77,6 @@ class ParamCounts:
     quantizable: int  # weights of the backbone's nn.Linear/Conv1D layers (what NF4 replaces in 4-bit)
     embeddings: int  # token embedding matrix, vocab * hidden
     largest_linear: int  # biggest single linear weight (the 4-bit dequantization scratch)
-    largest_trainable: int  # biggest single trainable tensor (the for-loop AdamW scratch)
     causal_lm: bool = False  # generate mode: the run's model is the published causal LM, not the backbone + head
 
     @property
@@ -217,7 +216,7 @@ def _count(backbone, published, settings, n_labels: int) -> ParamCounts:
     # generate mode has no classification head: the causal LM's own head writes the labels
     head = 0 if settings.finetune == "generate" else hidden * n_labels + n_labels
     adapted = settings.finetune in ("lora", "generate")
-    lora = lora_layers = quantizable = largest = largest_lora = 0
+    lora = lora_layers = quantizable = largest = 0
     for name, module in backbone.named_modules():
         if not _is_linear(module):
             continue
@@ -227,22 +226,17 @@ def _count(backbone, published, settings, n_labels: int) -> ParamCounts:
             n_in, n_out = _linear_shape(module)
             lora += settings.lora_r * (n_in + n_out)
             lora_layers += 1
-            largest_lora = max(largest_lora, settings.lora_r * max(n_in, n_out))
     embeddings = backbone.get_input_embeddings().weight.numel()
     if settings.finetune == "full":
         frozen = embeddings if settings.freeze_embeddings else 0
         trainable = n_backbone - frozen + head
-        big = max(p.numel() for p in backbone.parameters())
-        largest_trainable = big if not settings.freeze_embeddings else largest
     elif adapted:
         trainable = lora + head
-        largest_trainable = head if settings.finetune == "lora" else largest_lora
     else:
         trainable = head
-        largest_trainable = head
     return ParamCounts(backbone=n_backbone, published=n_published, head=head, lora=lora, lora_layers=lora_layers,
                        trainable=trainable, quantizable=quantizable, embeddings=embeddings,
-                       largest_linear=largest, largest_trainable=largest_trainable,
+                       largest_linear=largest,
                        causal_lm=settings.finetune == "generate")
 
 
@@ -430,7 +424,7 @@ class MemoryEstimate:
 
     peak = weights + trainable_weights + optimizer_states + autocast_copies + overhead
            + max(activations + max(workspace, logits + logits_workspace) [+ gradients when accumulating],
-                 gradients + step_workspace, prediction)
+                 gradients, prediction)
     because zero_grad(set_to_none=True) frees gradients before the forward, and backward frees saved
     activations as it creates gradients: the large transient terms peak at different moments. `prediction`
     is the no-grad forward of one eval batch (validation each epoch, then the test set), which with the
@@ -448,7 +442,6 @@ class MemoryEstimate:
     activations: int  # saved for backward without gradient checkpointing
     activations_checkpointed: int  # saved with gradient checkpointing (block inputs + one block recomputed)
     workspace: int  # transient gradients of activations inside one block (+ 4-bit dequantization scratch)
-    step_workspace: int  # AdamW scratch during optimizer.step()
     autocast_copies: int  # bf16 copies of fp32 linear weights kept from forward to backward (full, cuda)
     overhead: int  # CUDA context, cuBLAS workspaces, allocator rounding (0 on CPU)
     gradient_checkpointing: bool  # what the config asks for
@@ -467,7 +460,7 @@ class MemoryEstimate:
         acts = self.activations_checkpointed if ckpt else self.activations
         held_grads = self.gradients if self.grad_accum_steps > 1 else 0
         backward = max(self.workspace, self.logits + self.logits_workspace - (self.recomputed_block if ckpt else 0))
-        transient = max(acts + backward + held_grads, self.gradients + self.step_workspace, self.prediction)
+        transient = max(acts + backward + held_grads, self.gradients, self.prediction)
         return (self.weights + self.trainable_weights + self.optimizer_states + self.autocast_copies
                 + self.overhead + transient)
 
@@ -531,9 +524,7 @@ def _estimate(backbone, published, s, device: str, n_labels: int, batch: int, se
     trainable_weights = 4 * (counts.lora + counts.head * (2 if s.finetune == "lora" else 1))
     gradients = 4 * counts.trainable
     optimizer_states = 8 * counts.trainable
-    # torch picks the foreach AdamW on CUDA (one scratch copy of every trainable tensor at once) and the
-    # for-loop one on CPU (two scratch tensors the size of the largest parameter)
-    step_workspace = 4 * counts.trainable if device == "cuda" else 2 * 4 * counts.largest_trainable
+    # the loop's AdamW is torch's fused one (pipeline.train.adamw): it updates in place, no scratch copies
     autocast_copies = 2 * counts.quantizable if full and device == "cuda" else 0
     dequant = 2 * counts.largest_linear if s.load_in_4bit else 0
 
@@ -567,7 +558,7 @@ def _estimate(backbone, published, s, device: str, n_labels: int, batch: int, se
     return MemoryEstimate(
         device=device, batch_size=batch, max_length=seq, weights=int(weights), quantization_constants=constants,
         trainable_weights=trainable_weights, gradients=gradients, optimizer_states=optimizer_states,
-        activations=acts, activations_checkpointed=acts_ckpt, workspace=workspace, step_workspace=step_workspace,
+        activations=acts, activations_checkpointed=acts_ckpt, workspace=workspace,
         autocast_copies=autocast_copies, overhead=CUDA_OVERHEAD_BYTES if device == "cuda" else 0,
         gradient_checkpointing=s.gradient_checkpointing, grad_accum_steps=grad_accum_steps,
         eval_batch_size=eval_batch, prediction=prediction, logits=logits, logits_workspace=logits_workspace,
@@ -661,7 +652,6 @@ def render_plan(cfg: RunConfig, n_labels: int = 11) -> str:
              ("backward workspace", est.workspace, est.workspace),
              ("logits kept for backward (fp32 log-softmax)", est.logits, est.logits),
              ("logit gradients (fp32, start of backward)", est.logits_workspace, est.logits_workspace),
-             ("optimizer-step workspace", est.step_workspace, est.step_workspace),
              (f"prediction pass (eval batch {est.eval_batch_size}, no grad)", est.prediction, est.prediction),
              ("  of which KV caches (scoring)", est.prediction_kv_cache, est.prediction_kv_cache),
              ("autocast bf16 weight copies", est.autocast_copies, est.autocast_copies),
@@ -671,9 +661,9 @@ def render_plan(cfg: RunConfig, n_labels: int = 11) -> str:
             lines.append(f"  {label:44s}{gib(a):>{w0}s}{gib(b):>{w1}s}")
     lines.append(f"  {'peak':44s}{gib(est.total(False)):>{w0}s}{gib(est.total(True)):>{w1}s}")
     lines.append("  peak = weights + LoRA/head + AdamW + autocast copies + overhead")
-    lines.append("         + max(activations + workspace, gradients + step workspace, prediction pass)"
+    lines.append("         + max(activations + workspace, gradients, prediction pass)"
                  if s.finetune != "generate" else "         + max(activations + max(workspace, logits + "
-                 "logit gradients), gradients + step workspace, prediction pass)")
+                 "logit gradients), gradients, prediction pass)")
     lines += ["", f"{'Fits, keeping ' + format(CARD_HEADROOM, '.0%') + ' of the card free':46s}"
                   f"{cols[0]:>{w0}s}{cols[1]:>{w1}s}"]
     for card in CARDS_GIB:

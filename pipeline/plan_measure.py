@@ -199,9 +199,11 @@ def _measure_child(spec: dict) -> dict:
     import torch.nn.functional as F
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    from pipeline.train import adamw
+
     model, ids, mask, labels = measurement_model(spec)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.01)
+    optimizer = adamw(trainable, 1e-4)  # the loop's own
 
     def step():
         with record_function("phase:forward"):

@@ -262,7 +262,7 @@ def pretrain(cfg: RunConfig, out: Path, progress: Optional[Callable] = None) -> 
     from pipeline.io import atomic_write_folder
     from pipeline.models import load_tokenizer
     from pipeline.inputs import tokenize
-    from pipeline.train import LengthGroupedBatches, release
+    from pipeline.train import LengthGroupedBatches, adamw, release
 
     started = time.perf_counter()
     out = Path(out)
@@ -308,7 +308,7 @@ def pretrain(cfg: RunConfig, out: Path, progress: Optional[Callable] = None) -> 
     loader = torch.utils.data.DataLoader(rows, batch_sampler=sampler, collate_fn=collator,
                                          num_workers=cfg.train.num_workers,
                                          generator=torch.Generator().manual_seed(seed))
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=lr)
+    optimizer = adamw(_param_groups(model, cfg.train.weight_decay), lr)
     accelerator.gradient_accumulation_steps = cfg.train.grad_accum_steps
     total_steps = math.ceil(len(sampler) / cfg.train.grad_accum_steps) * cfg.train.epochs
     if cfg.train.max_steps:

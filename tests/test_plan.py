@@ -174,7 +174,7 @@ def test_the_prediction_pass_is_planned_and_can_set_the_peak():
     dequant = 2 * 13824 * 5120  # one dequantized copy of the largest linear weight, bf16
     per_token = 2 * f.hidden * 4 + 3 * f.intermediate * 4  # fp32 stream + gate, act and up in fp32
     assert est.eval_batch_size == 128 and est.prediction == 128 * 128 * per_token + dequant
-    train_only = max(est.activations_checkpointed + est.workspace, est.gradients + est.step_workspace)
+    train_only = max(est.activations_checkpointed + est.workspace, est.gradients)
     assert est.prediction > train_only
     fixed = est.weights + est.trainable_weights + est.optimizer_states + est.autocast_copies + est.overhead
     assert est.total(True) == fixed + est.prediction
