@@ -1,5 +1,6 @@
 """Does `torch.compile` speed up training on this CPU? Eager against compiled training steps, same model, same
-batches, in one process.
+batches, in one process. With --for-loop-adamw, also eager with torch's for-loop AdamW (its CPU default) in place
+of the loop's fused one (`pipeline.train.adamw`).
 
 Each variant (eager, then one per compile mode) is a copy of the same freshly built model with its own AdamW.
 Each first runs untimed warm-up steps (for the compiled ones: compilation and, for max-autotune, GEMM
@@ -9,6 +10,7 @@ slows down during the run favours none of them). A step is the training loop's w
 weights and learning-rate schedule: forward, BCE with logits, backward, clipping, AdamW.
 
     python benchmarks/torch_compile.py --data-dir ../shared/data/emotion-detection-fall-2024 --out runs/compile.json
+    python benchmarks/torch_compile.py --data-dir ../shared/data/emotion-detection-fall-2024 --modes --for-loop-adamw
 """
 from __future__ import annotations
 
@@ -46,11 +48,17 @@ def _batches(cfg: RunConfig, data_dir: Optional[str], rows: int, seed: int) -> t
     return [collate([dataset[i] for i in batch]) for batch in grouped], tokenizer
 
 
+FOR_LOOP = "eager-for-loop-adamw"  # the variant --for-loop-adamw adds
+
+
 def _stepper(model: torch.nn.Module, mode: Optional[str]):
-    """One training step on a copy of `model`: eager when mode is None, else compiled in that mode."""
+    """One training step on a copy of `model`: eager when mode is None or FOR_LOOP, else compiled in that mode."""
+    from pipeline.train import adamw
+
     model = copy.deepcopy(model).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    optimizer = torch.optim.AdamW(params, lr=1e-5, foreach=False) if mode == FOR_LOOP else adamw(params, 1e-5)
+    mode = None if mode == FOR_LOOP else mode
     forward = model if mode is None else torch.compile(model, mode=mode, dynamic=True)
 
     def step(batch: dict) -> None:
@@ -74,7 +82,7 @@ def run_benchmark(args: argparse.Namespace, log=lambda line: print(line, file=sy
         raise ConfigError(f"--rows {args.rows} gives {len(batches)} batches; {need} are needed "
                           f"(--warmup + --blocks x --steps-per-block)")
     model, _ = build_model(cfg.model, batches[0]["labels"].shape[1], tokenizer, device=torch.device("cpu"))
-    names = ["eager"] + list(args.modes)
+    names = ["eager"] + ([FOR_LOOP] if args.for_loop_adamw else []) + list(args.modes)
     steppers, warmup_seconds = {}, {}
     for name in names:
         steppers[name] = _stepper(model, None if name == "eager" else name)
@@ -120,6 +128,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", nargs="*", default=["default", "max-autotune-no-cudagraphs"], choices=MODES,
                    metavar="MODE", help=f"torch.compile modes to compare with eager, of {', '.join(MODES)} "
                    "(none: eager alone, for a quick check)")
+    p.add_argument("--for-loop-adamw", action="store_true", help="also eager with torch's for-loop AdamW (its "
+                   "default on CPU) instead of the fused one the loop uses")
     p.add_argument("--rows", type=_positive, default=3000, help="training rows tokenized and batched (default: 3000)")
     p.add_argument("--warmup", type=_positive, default=3, help="untimed steps per variant first (default: 3)")
     p.add_argument("--blocks", type=_positive, default=4, help="timed blocks, each variant once per block (default: 4)")

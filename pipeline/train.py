@@ -113,8 +113,8 @@ def release(accelerator) -> None:
 def adamw(param_groups, lr: float, weight_decay: float = 0.01):
     """The AdamW every loop here steps with: torch's fused kernel (one in-place pass per tensor, no scratch
     copies) where all parameters sit on a CPU or a CUDA GPU, as `transformers.Trainer` uses by default. On
-    this CPU the for-loop default's step took 14 % of a MiniLM training step and the fused one 3 %
-    (docs/BENCHMARKS.md)."""
+    this CPU torch's for-loop default took 14 % of a MiniLM training step with its token embeddings trained and
+    the fused one 3 %; with them frozen (`minilm-l6`) the whole step is the same within noise (docs/BENCHMARKS.md)."""
     params = [p for group in param_groups for p in (group["params"] if isinstance(group, dict) else [group])]
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, fused=fused or None)

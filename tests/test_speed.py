@@ -205,6 +205,10 @@ def test_compile_benchmark_eager_only_on_the_tiny_encoder(compile_bench, comp_di
     assert result["timed_steps"] == 2 and result["timed_examples"] == 32 and result["blocks"] == 2
     assert set(result["seconds"]) == {"eager"} and result["speedup_over_eager"] == {"eager": 1.0}
     assert result["examples_per_second"]["eager"] > 0
+    assert compile_bench.main(args + ["--rows", "64", "--for-loop-adamw"]) == 0  # 4 batches: 1 + 2 x 1 steps
+    result = json.loads(out.read_text())
+    assert set(result["seconds"]) == {"eager", "eager-for-loop-adamw"} and result["speedup_over_eager"]["eager"] == 1.0
+    assert result["examples_per_second"]["eager-for-loop-adamw"] > 0
     out.unlink()
     assert compile_bench.main(args + ["--rows", "30"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
