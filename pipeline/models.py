@@ -231,6 +231,8 @@ def lora_config(st: ModelSettings, network: nn.Module, **extra):
                          if type(m).__name__ in ("Linear", "Conv1D", "Linear4bit")})
         raise ConfigError(f"model.lora_targets {missing} match no module of preset '{st.preset.name}'; "
                           f"its linear layers are: {', '.join(linear)}")
+    if st.lora_layers:  # model.lora_layers: only these blocks' targets (peft finds the blocks' list by name)
+        extra.setdefault("layers_to_transform", list(st.lora_layers))
     return LoraConfig(r=st.lora_r, lora_alpha=st.lora_alpha, lora_dropout=st.lora_dropout,
                       target_modules=list(st.lora_targets), bias="none",
                       fan_in_fan_out=st.preset.tiny is not None and st.preset.tiny.get("model_type") == "gpt2"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -140,9 +141,16 @@ def _linear_shape(module) -> tuple:
     return module.weight.shape[0], module.weight.shape[1]
 
 
-def matches_target(name: str, targets) -> bool:
-    """peft's rule for a string list of target_modules: the qualified name equals or ends with '.target'."""
-    return any(name == t or name.endswith("." + t) for t in targets)
+def matches_target(name: str, targets, layers=()) -> bool:
+    """peft's rule for a string list of target_modules: the qualified name equals or ends with '.target'; with
+    `layers` (model.lora_layers) also inside one of those blocks, found as peft finds them: the number after the
+    last '.<list name>.' in the name."""
+    if not any(name == t or name.endswith("." + t) for t in targets):
+        return False
+    if not layers:
+        return True
+    block = re.match(r".*\.[^.]*\.(\d+)\.", "." + name)
+    return block is not None and int(block.group(1)) in layers
 
 
 def _blocks(backbone, n_layers: int):
@@ -222,7 +230,7 @@ def _count(backbone, published, settings, n_labels: int) -> ParamCounts:
             continue
         quantizable += module.weight.numel()
         largest = max(largest, module.weight.numel())
-        if adapted and matches_target(name, settings.lora_targets):
+        if adapted and matches_target(name, settings.lora_targets, settings.lora_layers):
             n_in, n_out = _linear_shape(module)
             lora += settings.lora_r * (n_in + n_out)
             lora_layers += 1
@@ -538,9 +546,12 @@ def _estimate(backbone, published, s, device: str, n_labels: int, batch: int, se
         # rotary cos and sin (gated family), shared by all blocks: (batch, seq, head_dim) each, because
         # SequenceClassifier passes per-example position ids (counted along the mask) to decoders
         rotary = 2 * tokens * f.head_dim * prec.compute if f.family == "gated" else 0
-        acts = int(tokens * (f.layers * per_block - first + outside) + rotary)
+        # adapters on some blocks only (model.lora_layers): the frozen blocks below the lowest keep nothing, as
+        # nothing below it needs a gradient (blocks between listed ones are counted with adapters: an overestimate)
+        kept = f.layers - (s.lora_layers[0] if s.finetune in ("lora", "generate") and s.lora_layers else 0)
+        acts = int(tokens * (kept * per_block - first + outside) + rotary)
         # checkpointing keeps each block's input and recomputes one block at a time during backward
-        acts_ckpt = int(tokens * (f.layers * f.hidden * prec.stream + per_block + outside) + rotary)
+        acts_ckpt = int(tokens * (kept * f.hidden * prec.stream + per_block + outside) + rotary)
         workspace = int(tokens * _backward_workspace(f, s, prec, seq)) + dequant
         prediction = int(eval_batch * seq * _inference_workspace(f, prec, seq)) + dequant if eval_batch else 0
     logits = logits_workspace = kv_cache = 0
@@ -606,8 +617,13 @@ def render_plan(cfg: RunConfig, n_labels: int = 11) -> str:
     lines.append(f"Architecture  {f.model_type}: {f.layers} blocks, hidden {f.hidden}, MLP {f.intermediate} "
                  f"({'gated' if f.family == 'gated' else 'plain'}), {f.heads} heads{kv} of {f.head_dim}, "
                  f"vocab {f.vocab:,}, {'SDPA' if f.sdpa else 'eager'} attention")
+    blocks = ""
+    if s.lora_layers:
+        lo, hi = s.lora_layers[0], s.lora_layers[-1]
+        contiguous = len(s.lora_layers) == hi - lo + 1
+        blocks = f" in blocks {lo}-{hi}" if contiguous else f" in blocks {','.join(map(str, s.lora_layers))}"
     adapters = (f"LoRA r={s.lora_r} alpha={s.lora_alpha:g} dropout={s.lora_dropout:g} on "
-                f"{', '.join(s.lora_targets)} ({counts.lora_layers} layers)")
+                f"{', '.join(s.lora_targets)}{blocks} ({counts.lora_layers} layers)")
     tune = {"full": "full fine-tuning (every weight)", "head": "head only, on features computed once",
             "lora": adapters + " + head", "generate": adapters + " of the causal LM, which writes the labels "
             "(loss on the answer tokens)"}[s.finetune]

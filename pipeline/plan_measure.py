@@ -70,7 +70,7 @@ def _spec_config(spec: dict) -> RunConfig:
     from pipeline.config import load_config
 
     keys = ("finetune", "max_length", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-            "gradient_checkpointing")
+            "gradient_checkpointing") + (("lora_layers",) if spec.get("lora_layers") else ())
     # JSON is YAML, which is how --set parses a value
     return load_config(None, [f"model.preset={spec['model']}"] + [f"model.{k}={json.dumps(spec[k])}" for k in keys])
 
@@ -83,12 +83,14 @@ def _spec_settings(spec: dict):
     if isinstance(spec["model"], str):
         return presets.settings(_spec_config(spec).model)
     model_type = spec["model"]["model_type"]
+    layers = presets.parse_layers(spec["lora_layers"]) if spec.get("lora_layers") else ()
     preset = presets.Preset(f"random-{model_type}", "encoder" if model_type in _POST_NORM_TYPES else "decoder",
                            pooling="last", tiny=dict(spec["model"]))
     return presets.ModelSettings(preset, spec["finetune"], spec["lora_r"], float(spec["lora_alpha"]),
                                 float(spec["lora_dropout"]), tuple(spec["lora_targets"]), load_in_4bit=False,
                                 gradient_checkpointing=spec["gradient_checkpointing"], padding_side="right",
-                                append_eos=False, max_length=spec["max_length"], freeze_embeddings=False)
+                                append_eos=False, max_length=spec["max_length"], freeze_embeddings=False,
+                                lora_layers=layers)
 
 
 def _spec_skeletons(spec: dict):

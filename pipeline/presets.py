@@ -39,6 +39,7 @@ class Preset:
     lora_alpha: float = 32.0  # LoRA scaling numerator (scale = alpha / r)
     lora_dropout: float = 0.05  # dropout on the LoRA input (probability)
     lora_targets: tuple = ()  # module-name suffixes that get adapters
+    lora_layers: tuple = ()  # block indices whose targets get adapters; () = every block
     load_in_4bit: bool = False  # QLoRA: NF4 weights with double quantization (bitsandbytes)
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
     arch: Optional[dict] = None  # the transformers config facts (for --dry-run, no download)
@@ -232,6 +233,7 @@ class ModelSettings:
     append_eos: bool
     max_length: int
     freeze_embeddings: bool
+    lora_layers: tuple = ()  # block indices given adapters (sorted); () = every block
 
 
 def settings(cfg: ModelConfig) -> ModelSettings:
@@ -245,7 +247,31 @@ def settings(cfg: ModelConfig) -> ModelSettings:
     return ModelSettings(p, pick("finetune"), pick("lora_r"), float(pick("lora_alpha")), float(pick("lora_dropout")),
                          tuple(pick("lora_targets")), bool(pick("load_in_4bit")), bool(pick("gradient_checkpointing")),
                          pick("padding_side"), bool(pick("append_eos")), pick("max_length"),
-                         bool(pick("freeze_embeddings")))
+                         bool(pick("freeze_embeddings")),
+                         parse_layers(cfg.lora_layers) if cfg.lora_layers is not None else p.lora_layers)
+
+
+def parse_layers(spec) -> tuple:
+    """Block indices from '15-29', '0,2,4' or '0-3,8' (sorted, without repeats); ValueError naming the spec."""
+    blocks: set = set()
+    for part in str(spec).split(","):
+        bounds = part.strip().split("-")
+        if len(bounds) not in (1, 2) or not all(b.strip().isdigit() for b in bounds):
+            raise ValueError(f"must list block numbers like '15-29' or '0,2,4', got {spec!r}")
+        low, high = int(bounds[0]), int(bounds[-1])
+        if low > high:
+            raise ValueError(f"has a range running backwards ({part.strip()!r}) in {spec!r}")
+        blocks.update(range(low, high + 1))
+    return tuple(sorted(blocks))
+
+
+def block_count(preset: Preset):
+    """How many transformer blocks the preset's architecture has, when its facts say (None otherwise)."""
+    facts = preset.arch or preset.tiny or {}
+    for key in ("num_hidden_layers", "n_layer", "n_layers"):
+        if isinstance(facts.get(key), int):
+            return facts[key]
+    return None
 
 
 def train_settings(cfg) -> tuple:

@@ -96,3 +96,21 @@ def test_run_hash_depends_only_on_settings_that_differ_from_defaults():
     # where files live and checkpoint cadence do not change results, so not the hash either
     assert base.short_hash() == load_config(None, ["model.preset=tfidf-lr", "data.data_dir=/elsewhere",
                                                    "train.checkpoint_every=50"]).short_hash()
+
+
+def test_lora_layers_parse_and_checks():
+    from pipeline.presets import settings
+
+    cfg = load_config(None, ["model.preset=smollm2-135m", "model.lora_layers=15-29"])
+    assert settings(cfg.model).lora_layers == tuple(range(15, 30))
+    assert settings(load_config(None, ["model.preset=smollm2-135m", "model.lora_layers=29"]).model).lora_layers == (29,)
+    assert settings(load_config(None, ["model.preset=smollm2-135m", "model.lora_layers=0-2,5, 1"]).model).lora_layers \
+        == (0, 1, 2, 5)
+    assert settings(load_config(None, ["model.preset=smollm2-135m"]).model).lora_layers == ()  # every block
+    for value, message in [("30", r"preset 'smollm2-135m' has 30 blocks, numbered 0-29"),
+                           ("a-b", r"must list block numbers like '15-29'"),
+                           ("9-3", r"range running backwards \('9-3'\)")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, ["model.preset=smollm2-135m", f"model.lora_layers={value}"])
+    with pytest.raises(ConfigError, match=r"model.lora_layers needs model.finetune=lora or generate.*got full"):
+        load_config(None, ["model.preset=minilm-l6", "model.lora_layers=3-5"])

@@ -103,6 +103,14 @@ def test_lora_wraps_targets_and_trains_only_adapters_and_head():
         build_model(cfg_for("model.preset=tiny-decoder", "model.lora_targets=[qproj]").model, 3)
 
 
+def test_lora_layers_put_adapters_on_those_blocks_only():
+    cfg = cfg_for("model.preset=tiny-decoder", "model.lora_r=4", "model.lora_layers=1")
+    model, _ = build_model(cfg.model, 3)
+    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_A" in n}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert all(".layers.1." in n for n, _ in model.named_parameters() if ".lora_" in n)
+
+
 def encoded_frames(cfg, n_train=120, n_test=16):
     train, test, _ = make_frames(n_train=n_train, n_test=n_test)
     tok = load_tokenizer(cfg.model)
@@ -111,10 +119,11 @@ def encoded_frames(cfg, n_train=120, n_test=16):
     return enc, train[LABELS].to_numpy(), tok
 
 
-def test_saved_adapter_reproduces_the_folds_predictions_exactly(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["model.lora_layers=1"]])
+def test_saved_adapter_reproduces_the_folds_predictions_exactly(tmp_path, extra):
     from accelerate import Accelerator
 
-    cfg = cfg_for("model.preset=tiny-decoder", "train.epochs=2", "cv.n_folds=2")
+    cfg = cfg_for("model.preset=tiny-decoder", "train.epochs=2", "cv.n_folds=2", *extra)
     enc, labels, tok = encoded_frames(cfg)
     folds = np.arange(len(labels)) % 2
     accelerator = Accelerator(cpu=True)

@@ -151,6 +151,14 @@ def test_the_answer_loss_equals_the_language_models_own_cross_entropy(tokenizer,
     assert trainable and all("lora_" in n for n in trainable)  # adapters only: the base and its LM head stay
 
 
+def test_lora_layers_adapt_only_those_blocks_of_the_language_model(tokenizer):
+    cfg = model_cfg(lora_layers="1")
+    conv = build_conversations(load_tokenizer(cfg), ["happy smile"], [], LABELS, cfg)
+    model = build_generator(cfg, conv.fmt, LABELS, load_tokenizer(cfg))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and ".layers.1." in n for n in trainable)
+
+
 def _adapter_grads(model, batch: dict) -> dict:
     model.zero_grad()
     model(**batch).backward()
