@@ -45,7 +45,7 @@ class ModelConfig:
     lora_dropout: Optional[float] = None  # dropout on the LoRA input (probability); None = preset's
     lora_targets: Optional[list] = None  # module-name suffixes given adapters, e.g. [q_proj, v_proj]; None = preset's
     # blocks whose targets get adapters (peft's layers_to_transform), e.g. '15-29' or '0,2,4'; None = every block.
-    # Backward stops at the lowest one: SmolLM2's top 15 of 30 trained 1.35x faster (docs/BENCHMARKS.md)
+    # Backward stops at the lowest one: SmolLM2's top 15 of 30 trained 1.36x faster (docs/BENCHMARKS.md)
     lora_layers: Optional[str] = None
     load_in_4bit: Optional[bool] = None  # QLoRA: NF4 4-bit weights, double quantization; None = preset's
     gradient_checkpointing: Optional[bool] = None  # recompute activations in backward; None = preset's

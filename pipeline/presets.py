@@ -39,7 +39,6 @@ class Preset:
     lora_alpha: float = 32.0  # LoRA scaling numerator (scale = alpha / r)
     lora_dropout: float = 0.05  # dropout on the LoRA input (probability)
     lora_targets: tuple = ()  # module-name suffixes that get adapters
-    lora_layers: tuple = ()  # block indices whose targets get adapters; () = every block
     load_in_4bit: bool = False  # QLoRA: NF4 weights with double quantization (bitsandbytes)
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
     arch: Optional[dict] = None  # the transformers config facts (for --dry-run, no download)
@@ -248,7 +247,7 @@ def settings(cfg: ModelConfig) -> ModelSettings:
                          tuple(pick("lora_targets")), bool(pick("load_in_4bit")), bool(pick("gradient_checkpointing")),
                          pick("padding_side"), bool(pick("append_eos")), pick("max_length"),
                          bool(pick("freeze_embeddings")),
-                         parse_layers(cfg.lora_layers) if cfg.lora_layers is not None else p.lora_layers)
+                         parse_layers(cfg.lora_layers) if cfg.lora_layers is not None else ())
 
 
 def parse_layers(spec) -> tuple:
