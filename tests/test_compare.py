@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 from pipeline.cli import compare_main
 from pipeline.config import load_config
 from pipeline.cv import run_cv
@@ -25,5 +27,14 @@ def test_compare_tabulates_runs_and_their_differences(tmp_path, comp_dir, capsys
         cells = dict(zip(header, [c.strip() for c in line.strip("|").split("|")]))
         assert cells["run"] == run.name
         assert cells["macro-F1 tuned"] == f"{report['oof_tuned']['macro_f1']:.4f}"
+    # adapters on some blocks only (model.lora_layers) is a setting that tells runs apart
+    config = yaml.safe_load((b / "config.yaml").read_text())
+    config["model"]["lora_layers"] = "15-29"
+    (b / "config.yaml").write_text(yaml.safe_dump(config))
+    assert compare_main([str(a), str(b)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = [dict(zip(header, [c.strip() for c in line.strip("|").split("|")])) for line in lines[2:4]]
+    assert [c["LoRA blocks"] for c in cells] == ["-", "15-29"]
     assert compare_main([str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
