@@ -25,6 +25,7 @@ class DataConfig:
     max_rows: Optional[int] = None  # rows of train.csv kept (stratified subset); None = all
     fit_filter: str = "none"  # 'none' or 'clean': training rows a fold may fit on (validation keeps every row)
     extra_train: Optional[list] = None  # CSVs of extra rows (e.g. generate_data.py's) every fold trains on; never validated
+    pseudo_label_from: Optional[list] = None  # finished runs whose fold-k models label the test texts fold k trains on
 
 
 DEFAULT_SYSTEM_PROMPT = ("Which emotions does the tweet express? Answer with the matching labels from this list, in "

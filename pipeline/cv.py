@@ -33,6 +33,7 @@ from pipeline.init_from import check_source
 from pipeline.io import atomic_write_csv, atomic_write_json, atomic_write_npz, atomic_write_text
 from pipeline.presets import get_preset
 from pipeline.plan import planned_tensor_peak
+from pipeline.pseudo_labels import load_pseudo_rows
 from pipeline.report import headline, holdout_section
 from pipeline.report_html import write_run_html
 
@@ -122,6 +123,7 @@ def _load_fold(run_dir: Path, fold: int, identity: dict) -> Optional[dict]:
         if info.get(key) != value:
             what = {"config_hash": "config", "folds_hash": "fold split",
                     "init_from_sha256": "model.init_from fold model",
+                    "pseudo_labels_sha256": "data.pseudo_label_from targets (the teachers changed)",
                     "test_inputs_sha256": "test set (ids or texts of test.csv changed since)"}.get(
                         key, "data.extra_train content")
             raise RunDirError(f"{out} was made with a different {what} ({key} {info.get(key)} vs {value} now); "
@@ -230,11 +232,13 @@ class _NeuralFolds:
         return Features(train, test)
 
     def __call__(self, fold: int, folds: np.ndarray, checkpoint_dir: Optional[Path] = None, status=None,
-                 fit_mask: Optional[np.ndarray] = None):
+                 fit_mask: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None):
+        """labels: this fold's label matrix when it differs from the data's (pseudo-labelled rows)."""
         from pipeline.train import train_fold
 
         save_dir = checkpoint_dir.parent / "model" if checkpoint_dir is not None else None
-        return train_fold(self.cfg, fold, folds, self.data.labels, self.inputs, self.accelerator,
+        labels = self.data.labels if labels is None else labels
+        return train_fold(self.cfg, fold, folds, labels, self.inputs, self.accelerator,
                           self.progress, self.tokenizer, checkpoint_dir, status, fit_mask, save_dir)
 
 
@@ -245,11 +249,12 @@ class _TfidfFolds:
         self.feature_seconds = 0.0
 
     def __call__(self, fold: int, folds: np.ndarray, checkpoint_dir: Optional[Path] = None, status=None,
-                 fit_mask: Optional[np.ndarray] = None):
+                 fit_mask: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None):
         from pipeline.linear import fit_tfidf_fold
 
         save_dir = checkpoint_dir.parent / "model" if checkpoint_dir is not None else None
-        return fit_tfidf_fold(self.cfg, fold, folds, self.data.labels, self.data.train_texts,
+        labels = self.data.labels if labels is None else labels
+        return fit_tfidf_fold(self.cfg, fold, folds, labels, self.data.train_texts,
                               self.data.test_texts, fit_mask, save_dir)
 
 
@@ -280,13 +285,14 @@ def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None):
 
 
 def _train_with_oom_retry(runner, cfg: RunConfig, fold: int, folds: np.ndarray, checkpoint_dir: Path,
-                          status: StatusFile, adjustments: list, fit_mask: np.ndarray):
+                          status: StatusFile, adjustments: list, fit_mask: np.ndarray,
+                          labels: Optional[np.ndarray] = None):
     """On a GPU out-of-memory error, halve the batch and double accumulation (same effective batch)."""
     from pipeline.presets import train_settings
 
     while True:
         try:
-            return runner(fold, folds, checkpoint_dir, status.update, fit_mask)
+            return runner(fold, folds, checkpoint_dir, status.update, fit_mask, labels)
         except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled, others re-raised
             batch = train_settings(cfg)[1]
             if not is_out_of_memory(exc) or batch <= 1:
@@ -352,6 +358,9 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
     extra = load_extra_rows(cfg.data.extra_train, data)  # training-only rows, after the real ones
     fit_data = data if extra is None else extra.joined(data)
     fit_folds = folds if extra is None else extra.folds(folds)
+    pseudo = load_pseudo_rows(cfg, data, folds)  # the test texts with each fold's soft targets, after those
+    if pseudo is not None:
+        fit_data, fit_folds = pseudo.joined(fit_data), pseudo.folds(fit_folds)
     if main and dropped:
         log.info("data.fit_filter=%s: folds fit on %d of %d rows (dropped: %s); every row is still validated",
                  cfg.data.fit_filter, int(fit_mask.sum()), len(fit_mask),
@@ -368,6 +377,11 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
             log.info("data.extra_train: %d extra rows join every fold's training part (never validation); "
                      "left out as leaks of a fold's validation part: %s per fold", len(extra),
                      extra.summary(data, leaks)["left_out_per_fold"])
+    if pseudo is not None:
+        identity["pseudo_labels_sha256"] = pseudo.digest
+        if main:
+            log.info("data.pseudo_label_from: %d test texts join every fold's training part with that fold's "
+                     "soft targets (%s)", len(pseudo), pseudo.teacher)
     if init is not None:  # folds trained from other starting weights are never reused
         identity["init_from_sha256"] = init["sha256"]
         train_cfg.model.init_head = init["head"] == "kept"
@@ -396,8 +410,11 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
             accelerator.wait_for_everyone()  # nothing to share: the main process fits it alone
             continue
         fold_mask = fit_mask if extra is None else np.concatenate([fit_mask, ~leaks[fold]])
+        if pseudo is not None:
+            fold_mask = np.concatenate([fold_mask, np.ones(len(pseudo), dtype=bool)])
+        labels = None if pseudo is None else pseudo.labels_for(fold, fit_data.labels)
         result = _train_with_oom_retry(runner, train_cfg, fold, fit_folds, _fold_dir(run_dir, fold) / "checkpoint",
-                                       status, adjustments, fold_mask)
+                                       status, adjustments, fold_mask, labels)
         if main:
             _save_fold(run_dir, result, train_ids, test_ids, data.label_cols, identity, adjustments, data.task)
             log.info("fold %d/%d done in %.1f s, best epoch %d", fold + 1, n_folds,
@@ -430,6 +447,8 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
         # nothing trained in this invocation (a rerun or --merge): keep the wall time of the run that did
         wall = json.loads((run_dir / "report.json").read_text()).get("timing", {}).get("wall_seconds", wall)
     facts = {} if extra is None else {"extra_train": extra.summary(data, leaks)}
+    if pseudo is not None:
+        facts["pseudo_labels"] = pseudo.summary(data.label_cols)
     if init is not None:
         facts["init_from"] = init
     out = assemble_run(cfg, run_dir, data, folds, results, wall, facts)

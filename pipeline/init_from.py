@@ -167,7 +167,8 @@ def normalise(text: str) -> str:
 
 def _training_texts(source: Source, seen: set) -> list:
     """[(run, competition, texts)] for the source and each run it started from in turn: every row of its
-    training files (a superset of a data.max_rows subset) plus its data.extra_train rows."""
+    training files (a superset of a data.max_rows subset) plus its data.extra_train rows and, when it trained on
+    pseudo-labelled test texts (data.pseudo_label_from), its test texts."""
     from pipeline.data import load_competition_data
     from pipeline.extra_train import load_extra_rows
 
@@ -179,6 +180,7 @@ def _training_texts(source: Source, seen: set) -> list:
         raise DataError(f"model.init_from: cannot check {source.run_dir} for leaks, its training data is not "
                         f"readable: {exc}") from exc
     texts = data.train_texts + ([] if extra is None else extra.frame[data.competition.text_col].tolist())
+    texts += data.test_texts if source.cfg.data.pseudo_label_from else []
     out = [(str(source.run_dir), data.competition.name, texts)]
     parent = source.cfg.model.init_from
     if parent and Path(parent).resolve() not in seen:

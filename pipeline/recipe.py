@@ -24,7 +24,7 @@ from typing import Optional
 from pipeline.cli import _guard, _setup_logging
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import atomic_write_json
-from pipeline.recipe_file import Recipe, load_recipe
+from pipeline.recipe_file import REF_PREFIXES, Recipe, load_recipe, ref_values
 
 log = logging.getLogger("pipeline")
 
@@ -58,13 +58,21 @@ def _resolve(overrides: tuple, recipe_dir: Path) -> tuple:
     """Overrides with `pretrained:<name>` and `run:<name>` values replaced by those steps' folders, and the
     pretrain names used."""
     out, uses = [], []
-    for item in overrides:
-        key, value = item.split("=", 1)
+
+    def folder(value: str) -> str:
         if value.startswith("pretrained:"):
             uses.append(value[len("pretrained:"):])
-            value = str(recipe_dir / "models" / uses[-1])
-        elif value.startswith("run:"):
-            value = str(recipe_dir / "runs" / value[len("run:"):])
+            return str(recipe_dir / "models" / uses[-1])
+        if value.startswith("run:"):
+            return str(recipe_dir / "runs" / value[len("run:"):])
+        return value
+
+    for item in overrides:
+        key, value = item.split("=", 1)
+        if value.startswith("[") and any(v.startswith(REF_PREFIXES) for v in ref_values(value)):
+            value = json.dumps([folder(v) for v in ref_values(value)])  # a list naming steps: each one's folder
+        else:
+            value = folder(value)
         out.append(f"{key}={value}")
     return tuple(out), tuple(uses)
 

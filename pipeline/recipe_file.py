@@ -103,10 +103,21 @@ def _shared(key: str, overrides: tuple, forbidden: tuple, problems: list) -> Non
                             + (" (data.max_rows in the top-level set)" if name == "data.max_rows" else ""))
 
 
+def ref_values(value: str) -> list:
+    """The values of one override that may name a step: the value, or each string of a JSON list
+    (`data.pseudo_label_from: [run:a, run:b]` arrives as '["run:a", "run:b"]')."""
+    if value.startswith("["):
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError:
+            return [value]
+        return [v for v in items if isinstance(v, str)] if isinstance(items, list) else [value]
+    return [value]
+
+
 def _references(key: str, overrides: tuple, pretrains: list, runs: list, problems: list) -> None:
     """Each `pretrained:<name>` / `run:<name>` value must name a pretraining or an earlier run."""
-    for item in overrides:
-        value = item.split("=", 1)[1]
+    for value in [v for item in overrides for v in ref_values(item.split("=", 1)[1])]:
         if value.startswith("pretrained:") and value[len("pretrained:"):] not in pretrains:
             name = value[len("pretrained:"):]
             problems.append(f"{key}: '{value}' names no pretrain step{_close(name, pretrains)}; declared: "
@@ -146,7 +157,7 @@ def parse_recipe(raw, source: str = "recipe") -> Recipe:
     recipe.set = _overrides("set", raw.get("set"), problems)
     _shared("set", recipe.set, SHARED_KEYS, problems)
     problems += [f"set: '{s}' names no pretrain or run here (use it in a run's own set)" for s in recipe.set
-                 if s.split("=", 1)[1].startswith(REF_PREFIXES)]
+                 if any(v.startswith(REF_PREFIXES) for v in ref_values(s.split("=", 1)[1]))]
     for i, entry in enumerate(_entries(raw, "pretrain", problems)):
         key = f"pretrain[{i}]"
         _unknown(key, entry, ["name", "model", "epochs", "set"], problems)

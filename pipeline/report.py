@@ -95,6 +95,10 @@ def _config_line(report: dict) -> list:
         x = report["extra_train"]
         lines[-1:-1] = [f"Every fold also trained on {x['rows']} extra rows ({', '.join(x['files'])}), never validated "
                         f"or scored; left out per fold as leaks of its validation part: {x['left_out_per_fold']}."]
+    if "pseudo_labels" in report:
+        from pipeline.pseudo_labels import describe
+
+        lines[-1:-1] = [describe(report["pseudo_labels"])]
     return lines
 
 

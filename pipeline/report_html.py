@@ -383,6 +383,10 @@ def run_page(view: RunView) -> str:
         sub += (f"<p>Every fold also trained on {x['rows']} extra rows ({esc(', '.join(x['files']))}), never "
                 f"validated or scored; left out per fold as leaks of its validation part: "
                 f"{esc(x['left_out_per_fold'])}.</p>")
+    if "pseudo_labels" in view.report:
+        from pipeline.pseudo_labels import describe
+
+        sub += f"<p>{esc(describe(view.report['pseudo_labels']))}</p>"
     return html.page(f"CV report: {view.name}", sub + "".join(parts))
 
 

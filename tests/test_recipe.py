@@ -159,6 +159,9 @@ BAD = [
      ["runs[0].set", "'pretrained:nope' names no pretrain step"]),
     ({"runs": [{"name": "a", "model": "minilm-l6", "set": {"model.init_from": "run:b"}},
                {"name": "b", "model": "minilm-l6"}]}, ["runs[0].set", "'run:b' names no run declared before"]),
+    ({"runs": [{"name": "a", "model": "tfidf-lr"},
+               {"name": "b", "model": "minilm-l6", "set": {"data.pseudo_label_from": ["run:a", "run:z"]}}]},
+     ["runs[1].set", "'run:z' names no run declared before"]),
     ({"runs": [{"name": "a", "config": "configs/nope.yaml"}]}, ["runs[0].config", "configs/nope.yaml does not exist"]),
     ({"runs": [{"name": "a", "model": "tfidf-lr"}], "ensemble": {"runs": ["a", "b"]}},
      ["ensemble.runs", "'b' names no run"]),
@@ -213,15 +216,19 @@ def test_references_resolve_to_the_recipe_directory(tmp_path):
     raw = {"name": "refs", "pretrain": [{"name": "p", "model": "tiny-encoder"}],
            "runs": [{"name": "a", "model": "tiny-encoder", "set": {"model.path": "pretrained:p"}},
                     {"name": "b", "model": "tiny-encoder",
-                     "set": {"model.init_from": "run:a", "model.lora_targets": ["query", "value"]}}]}
+                     "set": {"model.init_from": "run:a", "model.lora_targets": ["query", "value"]}},
+                    {"name": "c", "model": "tiny-encoder", "set": {"data.pseudo_label_from": ["run:a", "run:b"]}}]}
     recipe = parse_recipe(raw, "refs.yaml")
     steps = recipe_steps(recipe, tmp_path / "rd", None)
-    assert [s.kind for s in steps] == ["pretrain", "run", "run", "ensemble"]
+    assert [s.kind for s in steps] == ["pretrain", "run", "run", "run", "ensemble"]
     assert "model.path=" + str(tmp_path / "rd" / "models" / "p") in steps[1].argv and steps[1].uses == ("p",)
     assert "model.init_from=" + str(tmp_path / "rd" / "runs" / "a") in steps[2].argv
     configs = check_steps(recipe, steps)
     assert configs["runs[1]"].model.lora_targets == ["query", "value"]  # a list goes through --set intact
-    assert recipe.ensemble.runs == ("a", "b") and recipe.ensemble.weights == "equal"  # defaults: all, equal
+    # a list naming runs: each item is that run's folder
+    assert configs["runs[2]"].data.pseudo_label_from == [str(tmp_path / "rd" / "runs" / n) for n in "ab"]
+    assert recipe.ensemble.runs == ("a", "b", "c") and recipe.ensemble.weights == "equal"  # defaults: all, equal
+    raw["runs"].pop()
 
     raw["runs"].insert(0, {"name": "g", "model": "tiny-encoder", "competition": "goemotions", "data_dir": "go"})
     steps = recipe_steps(parse_recipe(raw, "refs.yaml"), tmp_path / "rd", "data/emotion-detection-fall-2024")
