@@ -91,7 +91,10 @@ def load_pseudo_rows(cfg, data: CompetitionData, folds: np.ndarray):
                           "(a search trial predicts no test text: search without it)")
     train_ids = [str(i) for i in data.train_ids]
     test_ids = [str(i) for i in data.test_ids]
-    runs = [read_run(Path(s)) for s in sources]
+    try:
+        runs = [read_run(Path(s)) for s in sources]
+    except RunDirError as exc:
+        raise RunDirError(f"data.pseudo_label_from: {exc}") from exc
     for source, run in zip(sources, runs):
         _check_teacher(source, run, data.label_cols, train_ids, test_ids, folds)
     n_folds = int(folds.max()) + 1

@@ -113,7 +113,7 @@ def test_teachers_that_cannot_be_matched_and_students_that_cannot_learn_are_refu
     with pytest.raises(ConfigError, match="tfidf-lr's logistic regressions"):
         load_pseudo_rows(cfg_for(comp, "model.preset=tfidf-lr", f"data.pseudo_label_from={teachers['enc']}"),
                          data, folds)
-    with pytest.raises(RunDirError, match="is not a completed run"):
+    with pytest.raises(RunDirError, match="^data.pseudo_label_from: .* is not a completed run"):
         load_pseudo_rows(cfg_for(comp, f"data.pseudo_label_from={tmp_path}"), data, folds)
     # through the command line: one line, nothing trained
     argv = ["--data-dir", str(comp), "--run-dir", str(tmp_path / "s"), "--quiet", "--model", "tiny-encoder",
