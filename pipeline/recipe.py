@@ -69,8 +69,9 @@ def _resolve(overrides: tuple, recipe_dir: Path) -> tuple:
 
     for item in overrides:
         key, value = item.split("=", 1)
-        if value.startswith("[") and any(v.startswith(REF_PREFIXES) for v in ref_values(value)):
-            value = json.dumps([folder(v) for v in ref_values(value)])  # a list naming steps: each one's folder
+        items = ref_values(value)
+        if value.startswith("[") and any(v.startswith(REF_PREFIXES) for v in items):
+            value = json.dumps([folder(v) for v in items])  # a list naming steps: each one's folder
         else:
             value = folder(value)
         out.append(f"{key}={value}")
