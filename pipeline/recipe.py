@@ -225,7 +225,7 @@ def _read_record(recipe: Recipe, recipe_dir: Path) -> dict:
     if not path.is_file():
         return {}
     record = json.loads(path.read_text(encoding="utf-8"))
-    if record.get("name") != recipe.name:
+    if record.get("name") != recipe.name and record.get("name") not in recipe.bases:  # a base's runs are reused
         raise ConfigError(f"{recipe_dir} holds recipe '{record.get('name')}', not '{recipe.name}' ({recipe.source}); "
                           f"pass another --recipe-dir")
     return record

@@ -1,7 +1,7 @@
 """Recipe files: what a `configs/recipes/*.yaml` declares (pretrainings, K-fold runs, one ensemble), parsed
 and checked as a whole. Every problem (unknown key, bad value, undeclared reference, a member on another
 competition) is collected and raised once as a ConfigError naming the file and each key; running a recipe is
-pipeline/recipe.py's job.
+pipeline/recipe.py's job. A file may `extends:` another (relative path): it adds steps to that recipe's.
 """
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ class Recipe:
     pretrain: list = field(default_factory=list)  # PretrainStep entries, run first, in order
     runs: list = field(default_factory=list)  # RunStep entries, in order
     ensemble: Optional[EnsembleStep] = None  # averaged into the submission
+    bases: tuple = ()  # names of the recipes this one `extends` (their recipe directories may be reused)
 
 
 def _close(name: str, options) -> str:
@@ -143,9 +144,11 @@ def parse_recipe(raw, source: str = "recipe") -> Recipe:
     config file) is collected and raised once as a ConfigError naming `source` and each key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source} must be a mapping of recipe keys, got {type(raw).__name__}")
-    known = ["name", "competition", "folds", "seed", "set", "pretrain", "runs", "ensemble"]
+    known = ["name", "extends", "competition", "folds", "seed", "set", "pretrain", "runs", "ensemble"]
     problems: list = []
     _unknown("recipe", raw, known, problems)
+    if "extends" in raw:  # load_recipe folds a file's base in before parsing; a bare mapping has no folder
+        problems.append("extends: only a recipe file may extend another (its path is relative to that file)")
     recipe = Recipe(name=raw.get("name", Path(source).stem), source=source)
     if not _plain_name(recipe.name):
         problems.append(f"name must be a plain folder name, got {recipe.name!r}")
@@ -238,8 +241,46 @@ def _elsewhere(key: str, entry: dict, recipe: Recipe, problems: list) -> tuple:
     return competition, folds, data_dir, fold
 
 
-def load_recipe(path) -> Recipe:
-    """The Recipe in a YAML file; a missing file, bad YAML or bad recipe is a one-line ConfigError."""
+def _read_extended(path: Path, seen: tuple = ()) -> tuple:
+    """A recipe file's YAML with its `extends:` chain folded in: the base file (relative to this one) gives
+    every key this file leaves out; `pretrain` and `runs` are the base's steps then this file's, `set` the
+    base's overrides then this file's (later ones win); `name` is never inherited. Returns (the mapping, the
+    names of the recipes extended, nearest first)."""
     from pipeline.config import read_yaml
 
-    return parse_recipe(read_yaml(str(path), "recipe file"), str(path))
+    raw = read_yaml(str(path), "recipe file")
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return raw, ()
+    base_name = raw.pop("extends")
+    if not isinstance(base_name, str) or not base_name:
+        raise ConfigError(f"{path}: extends must be a recipe file's path, got {base_name!r}")
+    base_path = (path.parent / base_name).resolve()
+    if base_path in seen + (path.resolve(),):
+        raise ConfigError(f"{path}: extends {base_name} leads back to {base_path.name} (a cycle)")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends {base_name}, but {base_path} does not exist (paths are relative to "
+                          f"the recipe file)")
+    base, bases = _read_extended(base_path, seen + (path.resolve(),))
+    if not isinstance(base, dict):
+        raise ConfigError(f"{base_path} (extended by {path}) must be a mapping of recipe keys")
+    merged = {k: v for k, v in base.items() if k != "name"}
+    for key, value in raw.items():
+        if key in ("pretrain", "runs") and isinstance(value, list) and isinstance(base.get(key), list):
+            value = base[key] + value
+        elif key == "set" and base.get("set") is not None and value is not None:
+            problems: list = []
+            value = list(_overrides(f"{base_path}: set", base["set"], problems)) + list(
+                _overrides("set", value, problems))
+            if problems:
+                raise ConfigError(f"{path}: " + "; ".join(problems))
+        merged[key] = value
+    return merged, (base.get("name", base_path.stem),) + bases
+
+
+def load_recipe(path) -> Recipe:
+    """The Recipe in a YAML file (with the files it `extends`); a missing file, bad YAML or bad recipe is a
+    one-line ConfigError."""
+    raw, bases = _read_extended(Path(path))
+    recipe = parse_recipe(raw, str(path))
+    recipe.bases = bases
+    return recipe

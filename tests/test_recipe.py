@@ -321,7 +321,52 @@ def test_missing_packaged_weights_stop_the_recipe_before_anything_trains(tmp_pat
     assert [len(s.calls) for s in spies.values()] == [0, 0, 0] and not (rd / "runs").exists()
 
 
-@pytest.mark.parametrize("name", ["cpu-2h", "gpu"])
+def test_a_recipe_extending_another_adds_its_steps_and_reuses_the_base_recipes_runs(tmp_path, comp_dir, spies,
+                                                                                     capsys):
+    base = _write(tmp_path / "tiny.yaml", {k: v for k, v in TINY.items() if k != "pretrain"} | {
+        "runs": [{"name": "tfidf", "model": "tfidf-lr"}], "ensemble": {"runs": ["tfidf"]}})
+    (tmp_path / "more").mkdir()
+    child = _write(tmp_path / "more" / "tiny-more.yaml", {
+        "extends": "../tiny.yaml",
+        "runs": [{"name": "tfidf-sqrt", "model": "tfidf-lr", "set": {"train.pos_weight": "sqrt"}}],
+        "ensemble": {"runs": ["tfidf", "tfidf-sqrt"], "weights": "equal"}})
+    recipe = load_recipe(child)
+    assert (recipe.name, recipe.bases, recipe.folds, recipe.seed) == ("tiny-more", ("tiny",), 2, 0)
+    assert [r.name for r in recipe.runs] == ["tfidf", "tfidf-sqrt"] and recipe.ensemble.runs == ("tfidf", "tfidf-sqrt")
+    # a chain: `set` is the base's overrides then the extending file's (later ones win), keys left out inherited
+    grandchild = load_recipe(_write(tmp_path / "more" / "g.yaml", {"extends": "tiny-more.yaml", "name": "g", "folds": 3,
+                                                                   "set": ["thresholds.n_trials=3"]}))
+    assert (grandchild.name, grandchild.bases, grandchild.folds, grandchild.seed) == ("g", ("tiny-more", "tiny"), 3, 0)
+    assert grandchild.set == ("train.epochs=1", "train.max_steps=3", "thresholds.n_trials=5", "thresholds.n_trials=3")
+    assert [r.name for r in grandchild.runs] == ["tfidf", "tfidf-sqrt"]
+    rd = tmp_path / "rd"
+    assert recipe_main(_argv(base, comp_dir, rd)) == 0
+    assert len(spies["run"].calls) == 1
+    # the base's directory is reused: its finished run is skipped, only the added one trains; the directory is the
+    # extending recipe's from then on, so the base recipe is refused there
+    assert recipe_main(_argv(child, comp_dir, rd)) == 0
+    assert [c[c.index("--run-dir") + 1] for c in spies["run"].calls[1:]] == [str(rd / "runs" / "tfidf-sqrt")]
+    record = _record(rd)
+    assert record["name"] == "tiny-more" and [s["status"] for s in record["steps"]] == ["done earlier", "ran", "ran"]
+    assert recipe_main(_argv(base, comp_dir, rd)) == 2
+    assert "holds recipe 'tiny-more', not 'tiny'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ({"extends": "missing.yaml"}, "extends missing.yaml, but"),
+    ({"extends": "loop.yaml", "name": "loop"}, "leads back to loop.yaml (a cycle)"),
+    ({"extends": 3}, "extends must be a recipe file's path, got 3"),
+])
+def test_a_bad_extends_is_a_one_line_error(tmp_path, comp_dir, raw, expected, capsys):
+    recipe = _write(tmp_path / "loop.yaml", raw)
+    assert recipe_main(_argv(recipe, comp_dir, tmp_path / "rd")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(recipe) in err and expected in err
+    with pytest.raises(Exception, match="only a recipe file may extend another"):
+        parse_recipe(TINY | {"extends": "tiny.yaml"}, "bare")
+
+
+@pytest.mark.parametrize("name", ["cpu-2h", "cpu-best", "gpu"])
 def test_shipped_recipes_load_validate_and_dry_run(name, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)  # config paths in a recipe are relative to the checkout
     recipe = load_recipe(ROOT / "configs" / "recipes" / f"{name}.yaml")
