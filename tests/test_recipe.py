@@ -13,7 +13,7 @@ import yaml
 
 from pipeline import cli
 from pipeline import pretrain as pretrain_mod
-from pipeline.errors import RunDirError
+from pipeline.errors import ConfigError, RunDirError
 from pipeline.recipe import RECORD, SUBMISSION, check_same_folds, check_steps, recipe_main, recipe_steps
 from pipeline.recipe_file import load_recipe, parse_recipe
 
@@ -362,7 +362,7 @@ def test_a_bad_extends_is_a_one_line_error(tmp_path, comp_dir, raw, expected, ca
     assert recipe_main(_argv(recipe, comp_dir, tmp_path / "rd")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(recipe) in err and expected in err
-    with pytest.raises(Exception, match="only a recipe file may extend another"):
+    with pytest.raises(ConfigError, match="only a recipe file may extend another"):
         parse_recipe(TINY | {"extends": "tiny.yaml"}, "bare")
 
 
