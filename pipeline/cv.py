@@ -14,8 +14,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +30,7 @@ from pipeline.data import CompetitionData, fit_filter_mask, load_competition_dat
 from pipeline.ensemble import cross_validated_preds
 from pipeline.errors import ConfigError, RunDirError
 from pipeline.extra_train import load_extra_rows
+from pipeline.fold_jobs import train_folds_at_once, why_not_concurrent
 from pipeline.folds import load_folds, make_folds, save_folds, sparse_label_warnings, stratified_subset
 from pipeline.init_from import check_source
 from pipeline.io import atomic_write_csv, atomic_write_json, atomic_write_npz, atomic_write_text
@@ -64,8 +67,23 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, create: bool = True) -> None:
     elif run_dir.exists() and any(p.name != "config.yaml" for p in run_dir.iterdir()) and create:
         raise RunDirError(f"{run_dir} is not empty and has no config.yaml; it is not a run directory")
     elif create:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, saved)
+        _create_run_dir(cfg, run_dir)
+
+
+def _create_run_dir(cfg: RunConfig, run_dir: Path) -> None:
+    """config.yaml in a temporary sibling folder renamed into place: shards started at the same moment (`--fold`,
+    `--jobs`) never see a half-made run directory; the one that loses the race checks the winner's config."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir.parent / f".{run_dir.name}.{uuid.uuid4().hex}"  # mkdir, not mkdtemp: the usual permissions
+    tmp.mkdir()
+    save_config(cfg, tmp / "config.yaml")
+    try:
+        os.rename(tmp, run_dir)  # replaces an empty folder; fails once another process has made it
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (run_dir / "config.yaml").is_file():
+            raise
+        prepare_run_dir(cfg, run_dir, create=False)
 
 
 def _fold_dir(run_dir: Path, fold: int) -> Path:
@@ -313,7 +331,8 @@ def _train_with_oom_retry(runner, cfg: RunConfig, fold: int, folds: np.ndarray, 
 
 
 def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
-           only_fold=None, merge_only: bool = False, on_status=None, validation_only: bool = False) -> Path:
+           only_fold=None, merge_only: bool = False, on_status=None, validation_only: bool = False,
+           jobs: int = 1, assemble: bool = True) -> Path:
     """Run (or resume) the folds of `cfg`, then assemble the outputs. Returns the run directory.
 
     only_fold: run just this fold (0-based), or this list of folds, into a shared run directory; the run is
@@ -321,7 +340,8 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
     validation score, ...) as folds train; an exception it raises stops the run. merge_only: train nothing,
     assemble the finished folds (all must be there). validation_only: the folds predict their validation rows
     only, not test.csv (a search trial's: its objective never reads test), and the run is never assembled; such
-    folds are refused by an ordinary run.
+    folds are refused by an ordinary run. jobs: on a CPU, train this many folds at once, each in its own process
+    (pipeline/fold_jobs.py). assemble=False: never assemble (such a worker's caller does).
     Under `accelerate launch` every process trains; only the main process writes files.
     """
     wall_start = time.perf_counter()
@@ -335,6 +355,8 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
     wanted = None if only_fold is None else ([only_fold] if isinstance(only_fold, int) else list(only_fold))
     if wanted is not None and not all(0 <= k < n_folds for k in wanted):
         raise ConfigError(f"--fold must be in [0, {n_folds - 1}] for {n_folds} folds, got {only_fold}")
+    if jobs < 1 or (jobs > 1 and (only_fold is not None or merge_only or validation_only)):
+        raise ConfigError(f"--jobs must be 1 or more, and 1 with --fold or --merge, got {jobs}")
     accelerator = make_accelerator(cfg, run_dir)
     main = accelerator.is_main_process
     prepare_run_dir(cfg, run_dir, create=main)
@@ -397,6 +419,12 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
     todo = [] if merge_only else (wanted if wanted is not None else list(range(n_folds)))
     # every finished fold is read and checked before anything trains: one made from other inputs is refused now
     results = {k: done for k in range(n_folds) if (done := _load_fold(run_dir, k, identity)) is not None}
+    if jobs > 1 and (pending := [k for k in todo if k not in results]):
+        if not (reason := why_not_concurrent(cfg, accelerator)):
+            train_folds_at_once(cfg, run_dir, pending, jobs, n_folds)  # read back below, with any other shard's
+            todo = []
+        elif main:
+            log.info("--jobs %d: the folds train one after the other in this process, as %s", jobs, reason)
     for fold in todo:
         if fold in results:
             if main:
@@ -423,7 +451,7 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
         if main and len(adjustments) > n_adjustments:
             save_config(cfg, run_dir / "config.yaml", runtime={"oom_adjustments": adjustments})
             n_adjustments = len(adjustments)
-    if validation_only:
+    if validation_only or not assemble:
         return run_dir
     for fold in set(range(n_folds)) - set(results):  # trained above, or by another shard meanwhile
         done = _load_fold(run_dir, fold, identity)

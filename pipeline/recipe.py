@@ -78,8 +78,10 @@ def _resolve(overrides: tuple, recipe_dir: Path) -> tuple:
     return tuple(out), tuple(uses)
 
 
-def recipe_steps(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None, quiet: bool = False) -> list:
-    """The recipe as commands, in order: each pretraining, each run, then the ensemble. Returns Step list."""
+def recipe_steps(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None, quiet: bool = False,
+                 jobs: int = 1) -> list:
+    """The recipe as commands, in order: each pretraining, each run, then the ensemble. Returns Step list.
+    jobs: `run_cv.py --jobs` of every run of all its folds (a run decides whether its folds gain from it)."""
     recipe_dir = Path(recipe_dir)
     data = ["--data-dir", str(data_dir)] if data_dir else []
     loud = ["--quiet"] if quiet else []
@@ -100,7 +102,7 @@ def recipe_steps(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = Non
             folder = r.data_dir or (str(Path(data_dir).parent / r.competition) if data_dir else None)
             where = ["--competition", r.competition] + (["--data-dir", folder] if folder else [])
         argv += [*where, "--folds", str(r.folds or recipe.folds), "--seed", str(recipe.seed), "--run-dir", str(out)]
-        argv += ["--fold", str(r.fold)] if r.fold is not None else []
+        argv += ["--fold", str(r.fold)] if r.fold is not None else (["--jobs", str(jobs)] if jobs > 1 else [])
         steps.append(Step("run", r.name, f"runs[{i}]", "run_cv.py",
                           tuple(argv + [a for s in overrides for a in ("--set", s)] + loud), str(out), uses,
                           r.competition, r.fold))
@@ -231,7 +233,8 @@ def _read_record(recipe: Recipe, recipe_dir: Path) -> dict:
     return record
 
 
-def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None, quiet: bool = False) -> dict:
+def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None, quiet: bool = False,
+               jobs: int = 1) -> dict:
     """Run every step not yet finished, in order; write recipe.json after each. Returns the final record.
 
     A finished run (report.json, same config) is skipped; a pretraining whose output exists is handed to
@@ -243,7 +246,7 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
     from pipeline.pretrain import pretrain_main
 
     recipe_dir = Path(recipe_dir)
-    steps = recipe_steps(recipe, recipe_dir, data_dir, quiet)
+    steps = recipe_steps(recipe, recipe_dir, data_dir, quiet, jobs)
     configs = check_steps(recipe, steps)
     check_weights(recipe, steps, configs)
     earlier = {(s["kind"], s["name"]): s for s in _read_record(recipe, recipe_dir).get("steps", [])}
@@ -382,6 +385,8 @@ def recipe_parser() -> argparse.ArgumentParser:
                    "runs/recipes/<name>)")
     p.add_argument("--dry-run", action="store_true", help="train and write nothing: print each step's command and "
                    "each run's memory plan (run_cv.py --dry-run)")
+    p.add_argument("--jobs", type=int, default=1, help="on a CPU, each run trains this many folds at once "
+                   "(run_cv.py --jobs; 2 on a 2-core machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info lines")
     return p
 
@@ -392,12 +397,14 @@ def recipe_main(argv: Optional[list] = None) -> int:
     _setup_logging(args.quiet)
     recipe = load_recipe(args.recipe)
     recipe_dir = Path(args.recipe_dir) if args.recipe_dir else default_recipe_dir(recipe)
-    steps = recipe_steps(recipe, recipe_dir, args.data_dir, args.quiet)
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be 1 or more, got {args.jobs}")
+    steps = recipe_steps(recipe, recipe_dir, args.data_dir, args.quiet, args.jobs)
     if args.dry_run:
         dry_run(recipe, steps)
         return 0
     try:
-        record = run_recipe(recipe, recipe_dir, args.data_dir, args.quiet)
+        record = run_recipe(recipe, recipe_dir, args.data_dir, args.quiet, args.jobs)
     except KeyboardInterrupt:
         print(f"interrupted: finished steps are kept in {recipe_dir}; rerun the same command to resume",
               file=sys.stderr)

@@ -125,6 +125,41 @@ def test_fold_sharding_assembles_when_all_folds_are_there(tmp_path, comp_dir):
     assert_same_run(whole, shared)
 
 
+def test_shards_started_at_the_same_moment_share_the_new_run_directory(tmp_path):
+    train, test, sample = make_frames(n_train=200, n_test=20)
+    folder = write_competition(tmp_path / "data", train, test, sample)
+    args = [sys.executable, str(ROOT / "run_cv.py"), "--model", "tiny-encoder", "--folds", "2", "--data-dir",
+            str(folder), "--run-dir", str(tmp_path / "run"), "--quiet", "--set", "train.epochs=1",
+            "--set", "thresholds.n_trials=5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    shards = [subprocess.Popen(args + ["--fold", str(k)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True) for k in (0, 1)]
+    for shard in shards:
+        _, err = shard.communicate(timeout=300)
+        assert shard.returncode == 0, err
+    assert (tmp_path / "run" / "report.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]  # no temporary folder left
+
+
+def test_the_process_that_loses_the_race_to_create_the_run_dir_checks_the_winners(tmp_path, comp_dir, monkeypatch):
+    cfg, run = cfg_for(comp_dir), tmp_path / "run"
+    real_rename = os.rename
+
+    def other_process_first(src, dst):  # another shard renames its folder into place just before this one
+        os.mkdir(dst)
+        cv_module.save_config(other, Path(dst) / "config.yaml")
+        return real_rename(src, dst)  # fails: dst is no longer empty
+
+    other = cfg_for(comp_dir)
+    monkeypatch.setattr(cv_module.os, "rename", other_process_first)
+    cv_module.prepare_run_dir(cfg, run)  # the same config: accepted
+    assert read_saved_config(run / "config.yaml").result_dict() == cfg.result_dict()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [comp_dir.name, "run"]
+    other = cfg_for(comp_dir, "train.lr=1e-3")
+    with pytest.raises(RunDirError, match="holds a run with a different config"):
+        cv_module.prepare_run_dir(cfg, tmp_path / "run2")
+
+
 def test_mismatched_fold_is_refused(tmp_path, comp_dir):
     a = run_cv(cfg_for(comp_dir), tmp_path / "a", quiet=True, only_fold=0)
     b = tmp_path / "b"

@@ -1,0 +1,79 @@
+"""Folds trained at once on a CPU (`run_cv.py --jobs N`): waves of N worker processes, each training one fold
+with cores/N torch threads into the run directory, as `--fold K` shards do; the calling process assembles the run.
+
+Why: one process with every core's thread leaves cores idle in the loop's single-threaded parts (Python, the
+optimizer's small tensors) and in small matmuls that split poorly across threads. On a 2-core machine two
+folds at once, one thread each, were done 1.14x (MiniLM-L6) and 1.26x (SmolLM2-135M LoRA) sooner than one after
+the other with two threads (whole folds; docs/BENCHMARKS.md). The last wave, when fewer folds are left than N,
+gives each its share of the cores. A thread count changes the order of float sums, so a run with --jobs agrees
+with a one-process run closely, not bit for bit.
+
+What gains nothing runs in the calling process instead, with a log line: TF-IDF (no torch), a frozen backbone's
+head (its features are computed once per run), several accelerate processes, or a GPU.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from pathlib import Path
+
+log = logging.getLogger("pipeline")
+
+
+def cores() -> int:
+    """The threads the calling process's torch uses (OMP_NUM_THREADS when set, else the usable cores)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def why_not_concurrent(cfg, accelerator) -> str:
+    """'' when a run's folds gain from training at once; else the reason they train in this process."""
+    from pipeline.finetune import finetune_mode
+    from pipeline.presets import get_preset
+
+    if get_preset(cfg.model.preset).kind == "tfidf":
+        return "a TF-IDF model has no torch threads to share"
+    if finetune_mode(cfg.model).frozen_features:
+        return "model.finetune=head computes its frozen features once per run"
+    if accelerator.num_processes > 1:
+        return "the run already has several accelerate processes"
+    if accelerator.device.type != "cpu":
+        return f"it trains on {accelerator.device.type}, not a CPU (one fold per GPU: --fold K)"
+    return ""
+
+
+def waves(folds: list, jobs: int, threads: int) -> list:
+    """[(folds of the wave, torch threads of each)]: N folds at a time, the cores shared among a wave."""
+    out = []
+    for i in range(0, len(folds), jobs):
+        wave = folds[i:i + jobs]
+        out.append((wave, max(1, threads // len(wave))))
+    return out
+
+
+def _start_worker(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train_one(task: tuple) -> int:
+    cfg, run_dir, fold = task
+    from pipeline.cv import run_cv
+
+    run_cv(cfg, Path(run_dir), quiet=True, only_fold=fold, assemble=False)
+    return fold
+
+
+def train_folds_at_once(cfg, run_dir: Path, folds: list, jobs: int, n_folds: int) -> None:
+    """Train `folds` in waves of `jobs` spawned processes; a worker's error stops the run (finished folds stay)."""
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    for wave, threads in waves(list(folds), jobs, cores()):
+        log.info("folds %s at once, %d process%s of %d torch thread%s", wave, len(wave),
+                 "es" if len(wave) > 1 else "", threads, "s" if threads > 1 else "")
+        with context.Pool(len(wave), initializer=_start_worker, initargs=(threads,)) as pool:
+            for fold in pool.imap_unordered(_train_one, [(cfg, str(run_dir), k) for k in wave]):
+                log.info("fold %d/%d done (worker process)", fold + 1, n_folds)

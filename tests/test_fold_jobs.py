@@ -1,0 +1,86 @@
+"""`run_cv.py --jobs N`: folds trained at once in worker processes, assembled as a one-process run is."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import LABELS
+from pipeline.cv import run_cv
+from pipeline.errors import ConfigError
+from pipeline.fold_jobs import waves
+from pipeline.recipe import recipe_steps
+from pipeline.recipe_file import parse_recipe
+from test_cv import check_run, tiny_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_waves_share_the_cores_and_the_last_one_gets_them_all():
+    assert waves([0, 1, 2, 3, 4], 2, 2) == [([0, 1], 1), ([2, 3], 1), ([4], 2)]
+    assert waves([3, 4], 2, 2) == [([3, 4], 1)]
+    assert waves([0, 1, 2], 4, 8) == [([0, 1, 2], 2)]
+    assert waves([0, 1], 3, 2) == [([0, 1], 1)]  # never below one thread
+
+
+def test_folds_trained_at_once_match_a_one_process_run(tmp_path, comp_dir, frames, caplog):
+    train, test, _ = frames
+    cfg = tiny_cfg(comp_dir, "cv.n_folds=3")
+    one = run_cv(cfg, tmp_path / "one", quiet=True)
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        run = run_cv(cfg, tmp_path / "jobs", quiet=False, jobs=2)
+    report = check_run(run, train, test, n_folds=3)
+    # folds 0 and 1 in two processes of one thread each, then fold 2 alone with the machine's threads
+    assert "folds [0, 1] at once, 2 processes of 1 torch thread" in caplog.text
+    assert "folds [2] at once, 1 process of" in caplog.text
+    for k in range(3):  # each fold was a worker's `--fold K` shard
+        assert json.loads((run / f"status_fold_{k}.json").read_text())["fold"] == k
+    a, b = (pd.read_csv(d / "oof.csv")[LABELS].to_numpy() for d in (one, run))
+    np.testing.assert_allclose(a, b, atol=1e-4)  # other thread counts sum floats in another order
+    assert report["timing"]["wall_seconds"] > 0
+    assert json.loads((run / "report.json").read_text())["oof_tuned"] == report["oof_tuned"]
+
+
+def test_a_finished_run_with_jobs_trains_nothing_more(tmp_path, comp_dir, caplog):
+    cfg = tiny_cfg(comp_dir)
+    run = run_cv(cfg, tmp_path / "run", quiet=True, jobs=2)
+    before = (run / "oof.csv").read_bytes()
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        run_cv(cfg, run, quiet=False, jobs=2)
+    assert "at once" not in caplog.text and (run / "oof.csv").read_bytes() == before
+
+
+def test_jobs_where_they_gain_nothing_train_in_this_process(tmp_path, comp_dir, frames, caplog):
+    train, test, _ = frames
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        run = run_cv(tiny_cfg(comp_dir, "model.preset=tfidf-lr"), tmp_path / "tfidf", quiet=False, jobs=2)
+    check_run(run, train, test)
+    assert "--jobs 2: the folds train one after the other in this process, as a TF-IDF model" in caplog.text
+    assert not list(run.glob("status_fold_*.json"))
+
+
+@pytest.mark.parametrize("extra", [["--fold", "0"], ["--merge"]])
+def test_jobs_with_fold_or_merge_is_a_one_line_error(tmp_path, comp_dir, extra):
+    out = subprocess.run([sys.executable, str(ROOT / "run_cv.py"), "--model", "tiny-encoder", "--folds", "2",
+                          "--data-dir", str(comp_dir), "--run-dir", str(tmp_path / "r"), "--jobs", "2", *extra],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: --jobs must be 1 or more, and 1 with --fold or --merge, got 2"
+    with pytest.raises(ConfigError, match="--jobs must be 1 or more"):
+        run_cv(tiny_cfg(comp_dir), tmp_path / "r2", quiet=True, jobs=0)
+
+
+def test_a_recipe_passes_jobs_to_its_runs_of_all_folds():
+    recipe = parse_recipe({"name": "r", "runs": [{"name": "stage", "model": "tiny-encoder", "competition":
+                                                  "goemotions", "folds": 2, "fold": 0},
+                                                 {"name": "a", "model": "tiny-encoder"}],
+                           "ensemble": {"runs": ["a"]}}, "r.yaml")
+    stage, a, _ = recipe_steps(recipe, ROOT / "runs" / "recipes" / "r", None, jobs=2)
+    assert "--jobs" not in stage.argv and a.argv[a.argv.index("--jobs") + 1] == "2"
+    assert all("--jobs" not in s.argv for s in recipe_steps(recipe, ROOT / "runs" / "recipes" / "r", None))
