@@ -54,6 +54,11 @@ def waves(folds: list, jobs: int, threads: int) -> list:
 
 
 def _start_worker(threads: int) -> None:
+    """A spawned worker starts bare: its torch threads, and the calling command's quiet logging (our warnings
+    shown, libraries' import-time chatter such as bitsandbytes' optional-kernel warning not)."""
+    from pipeline.cli import _setup_logging
+
+    _setup_logging(quiet=True)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
