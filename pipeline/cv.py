@@ -420,7 +420,7 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
     # every finished fold is read and checked before anything trains: one made from other inputs is refused now
     results = {k: done for k in range(n_folds) if (done := _load_fold(run_dir, k, identity)) is not None}
     if jobs > 1 and (pending := [k for k in todo if k not in results]):
-        if not (reason := why_not_concurrent(cfg, accelerator)):
+        if not (reason := why_not_concurrent(cfg, accelerator.num_processes, accelerator.device.type)):
             train_folds_at_once(cfg, run_dir, pending, jobs, n_folds)  # read back below, with any other shard's
             todo = []
         elif main:

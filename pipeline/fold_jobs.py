@@ -28,8 +28,9 @@ def cores() -> int:
     return torch.get_num_threads()
 
 
-def why_not_concurrent(cfg, accelerator) -> str:
-    """'' when a run's folds gain from training at once; else the reason they train in this process."""
+def why_not_concurrent(cfg, processes: int = 1, device: str = "cpu") -> str:
+    """'' when a run's folds gain from training at once; else the reason they train in one process.
+    processes, device: the run's accelerate processes and device type."""
     from pipeline.finetune import finetune_mode
     from pipeline.presets import get_preset
 
@@ -37,10 +38,10 @@ def why_not_concurrent(cfg, accelerator) -> str:
         return "a TF-IDF model has no torch threads to share"
     if finetune_mode(cfg.model).frozen_features:
         return "model.finetune=head computes its frozen features once per run"
-    if accelerator.num_processes > 1:
+    if processes > 1:
         return "the run already has several accelerate processes"
-    if accelerator.device.type != "cpu":
-        return f"it trains on {accelerator.device.type}, not a CPU (one fold per GPU: --fold K)"
+    if device != "cpu":
+        return f"it trains on {device}, not a CPU (one fold per GPU: --fold K)"
     return ""
 
 
@@ -65,11 +66,13 @@ def _start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _train_one(task: tuple) -> int:
+def _train_one(task: tuple):
+    """In a worker: train fold `fold` of the run into run_dir, leaving the assembly to the caller; fold None: the
+    whole run as `run_cv.py` does it (what is missing, then the assembly). Returns the fold."""
     cfg, run_dir, fold = task
     from pipeline.cv import run_cv
 
-    run_cv(cfg, Path(run_dir), quiet=True, only_fold=fold, assemble=False)
+    run_cv(cfg, Path(run_dir), quiet=True, only_fold=fold, assemble=fold is None)
     return fold
 
 

@@ -25,6 +25,7 @@ from pipeline.cli import _guard, _setup_logging
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import atomic_write_json
 from pipeline.recipe_file import REF_PREFIXES, Recipe, load_recipe, ref_values
+from pipeline.recipe_jobs import pool_applies, train_runs_at_once
 
 log = logging.getLogger("pipeline")
 
@@ -44,6 +45,7 @@ class Step:
     uses: tuple = ()  # pretrain names whose output it starts from
     competition: Optional[str] = None  # a run on another competition than the recipe's (an intermediate one)
     fold: Optional[int] = None  # such a run may train one fold only (run_cv.py --fold): done once that fold is
+    after: tuple = ()  # run names whose folders it reads (`run:<name>`): it starts once they are finished
 
     @property
     def command(self) -> str:
@@ -55,16 +57,17 @@ def default_recipe_dir(recipe: Recipe) -> Path:
 
 
 def _resolve(overrides: tuple, recipe_dir: Path) -> tuple:
-    """Overrides with `pretrained:<name>` and `run:<name>` values replaced by those steps' folders, and the
-    pretrain names used."""
-    out, uses = [], []
+    """Overrides with `pretrained:<name>` and `run:<name>` values replaced by those steps' folders, the pretrain
+    names used and the run names used."""
+    out, uses, runs = [], [], []
 
     def folder(value: str) -> str:
         if value.startswith("pretrained:"):
             uses.append(value[len("pretrained:"):])
             return str(recipe_dir / "models" / uses[-1])
         if value.startswith("run:"):
-            return str(recipe_dir / "runs" / value[len("run:"):])
+            runs.append(value[len("run:"):])
+            return str(recipe_dir / "runs" / runs[-1])
         return value
 
     for item in overrides:
@@ -75,27 +78,28 @@ def _resolve(overrides: tuple, recipe_dir: Path) -> tuple:
         else:
             value = folder(value)
         out.append(f"{key}={value}")
-    return tuple(out), tuple(uses)
+    return tuple(out), tuple(uses), tuple(dict.fromkeys(runs))
 
 
 def recipe_steps(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None, quiet: bool = False,
                  jobs: int = 1) -> list:
     """The recipe as commands, in order: each pretraining, each run, then the ensemble. Returns Step list.
-    jobs: `run_cv.py --jobs` of every run of all its folds (a run decides whether its folds gain from it)."""
+    jobs: `run_cv.py --jobs` of every run of all its folds (a run decides whether its folds gain from it); on a
+    CPU run_recipe trains the runs in one pool of that many processes instead, to the same effect per run."""
     recipe_dir = Path(recipe_dir)
     data = ["--data-dir", str(data_dir)] if data_dir else []
     loud = ["--quiet"] if quiet else []
     steps = []
     for i, p in enumerate(recipe.pretrain):
         out = recipe_dir / "models" / p.name
-        overrides, uses = _resolve(p.set, recipe_dir)
+        overrides, uses, _ = _resolve(p.set, recipe_dir)
         argv = ["--model", p.model, "--competition", recipe.competition, *data, "--out", str(out),
                 "--epochs", str(p.epochs), "--seed", str(recipe.seed)]
         steps.append(Step("pretrain", p.name, f"pretrain[{i}]", "pretrain.py",
                           tuple(argv + [a for s in overrides for a in ("--set", s)] + loud), str(out), uses))
     for i, r in enumerate(recipe.runs):
         out = recipe_dir / "runs" / r.name
-        overrides, uses = _resolve(recipe.set + r.set, recipe_dir)
+        overrides, uses, after = _resolve(recipe.set + r.set, recipe_dir)
         argv = (["--config", str(r.config)] if r.config else []) + (["--model", r.model] if r.model else [])
         where = ["--competition", recipe.competition, *data]
         if r.competition:  # its own folder: given, else the sibling of the recipe's --data-dir named for it
@@ -105,7 +109,7 @@ def recipe_steps(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = Non
         argv += ["--fold", str(r.fold)] if r.fold is not None else (["--jobs", str(jobs)] if jobs > 1 else [])
         steps.append(Step("run", r.name, f"runs[{i}]", "run_cv.py",
                           tuple(argv + [a for s in overrides for a in ("--set", s)] + loud), str(out), uses,
-                          r.competition, r.fold))
+                          r.competition, r.fold, after))
     e = recipe.ensemble
     out = recipe_dir / SUBMISSION
     argv = ["--runs", *(str(recipe_dir / "runs" / n) for n in e.runs), "--out", str(out), *data]
@@ -170,6 +174,16 @@ def check_weights(recipe: Recipe, steps: list, configs: dict) -> None:
                 problems.append(f"{step.key} ({step.name}): {exc}")
     if problems:
         raise ConfigError(f"{recipe.source}: " + "; ".join(problems))
+
+
+def _check_not_stale(step: Step, fresh: set, recipe_dir: Path, configs: dict) -> None:
+    """A run started from a pretraining redone just now must not resume folds trained from the earlier weights."""
+    stale = [n for n in step.uses if n in fresh]
+    if stale and (Path(step.output) / "folds").is_dir() and \
+            not _finished_run(Path(step.output), configs[step.key], step.fold):
+        raise ConfigError(f"{recipe_dir / 'models' / stale[0]} was pretrained again just now, but "
+                          f"{step.output} holds folds trained from the earlier weights; remove "
+                          f"{step.output} to train it from the new ones")
 
 
 def _finished_run(run_dir: Path, cfg, fold: Optional[int] = None) -> bool:
@@ -240,7 +254,8 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
     A finished run (report.json, same config) is skipped; a pretraining whose output exists is handed to
     pretrain.py, which does nothing when its settings match (and refuses when they differ); the ensemble is
     rebuilt when a run changed or its submission is missing. A failing step stops the recipe with a PipelineError
-    (the step's own error is printed above it).
+    (the step's own error is printed above it). jobs > 1 on a CPU: the runs train as one pool of fold tasks
+    (pipeline/recipe_jobs.py), started at the first unfinished run; each is recorded as that pool finished it.
     """
     from pipeline.cli import make_submission_main, run_cv_main
     from pipeline.pretrain import pretrain_main
@@ -254,6 +269,8 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
               "data_dir": data_dir, "competition": recipe.competition, "folds": recipe.folds, "seed": recipe.seed,
               "finished": False, "steps": []}
     fresh, ran_run = set(), False
+    pooled, pool_checked = None, False  # --jobs on a CPU: the runs' folds in one pool (pipeline/recipe_jobs.py)
+    step_names = {s.key: s.name for s in steps}
     for i, step in enumerate(steps):
         before = earlier.get((step.kind, step.name), {})
         entry = {"kind": step.kind, "name": step.name, "command": step.command, "output": step.output}
@@ -261,20 +278,40 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
             entry["competition"] = step.competition
         if step.fold is not None:
             entry["fold"] = step.fold
-        started = time.perf_counter()
+        started, pool_seconds = time.perf_counter(), None
         if step.kind == "pretrain":
             done = (Path(step.output) / "pretrain.json").is_file()
             code = pretrain_main(list(step.argv))
             if not done:
                 fresh.add(step.name)
         elif step.kind == "run":
-            done = _finished_run(Path(step.output), configs[step.key], step.fold)
-            stale = [n for n in step.uses if n in fresh]
-            if stale and not done and (Path(step.output) / "folds").is_dir():
-                raise ConfigError(f"{recipe_dir / 'models' / stale[0]} was pretrained again just now, but "
-                                  f"{step.output} holds folds trained from the earlier weights; remove "
-                                  f"{step.output} to train it from the new ones")
-            code = 0 if done else run_cv_main(list(step.argv))
+            if not pool_checked and jobs > 1 and not _finished_run(Path(step.output), configs[step.key], step.fold):
+                pool_checked = True
+                if why_not_pool := pool_applies(jobs):
+                    log.info("run_recipe.py --jobs %d: the runs train one after the other, as %s", jobs, why_not_pool)
+                else:
+                    runs = [s for s in steps if s.kind == "run"]
+                    for other in runs:
+                        _check_not_stale(other, fresh, recipe_dir, configs)
+                    pooled = train_runs_at_once(runs, configs, lambda s: _finished_run(Path(s.output),
+                                                                                       configs[s.key], s.fold), jobs)
+            if pooled is not None and step.key in pooled["seconds"]:  # trained by the pool just now
+                done, code, pool_seconds = False, 0, pooled["seconds"][step.key]
+                entry["pooled"] = True
+            else:
+                done = _finished_run(Path(step.output), configs[step.key], step.fold)
+                _check_not_stale(step, fresh, recipe_dir, configs)
+                if done or pooled is None:
+                    code = 0 if done else run_cv_main(list(step.argv))
+                else:  # the pool stopped at a failed task before this run finished
+                    failed_key, message = pooled["failed"] or (step.key, "never started (no task of it was ready)")
+                    entry.update(status="failed" if failed_key == step.key else "stopped",
+                                 wall_seconds=round(time.perf_counter() - started, 2))
+                    record["steps"].append(entry)
+                    _write_record(recipe_dir, record, steps[i + 1:])
+                    raise PipelineError(f"recipe {recipe.name} stopped: {failed_key} ({step_names[failed_key]}) "
+                                        f"{message}; fix it and rerun the same command to resume (finished folds "
+                                        f"are kept)")
             ran_run = ran_run or not done
         else:
             members = [Path(recipe_dir / "runs" / n) for n in recipe.ensemble.runs]
@@ -284,7 +321,7 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
             if not done:
                 check_same_folds(members)
             code = 0 if done else make_submission_main(list(step.argv))
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started if pool_seconds is None else pool_seconds
         if code:
             entry.update(status="failed", wall_seconds=round(seconds, 2))
             record["steps"].append(entry)
@@ -292,6 +329,8 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
             raise PipelineError(f"recipe {recipe.name} stopped at {step.key} ({step.kind} {step.name}, exit {code}; "
                                 f"its error is above); fix it and rerun the same command to resume")
         wall = before.get("wall_seconds") if done else None
+        if done and before.get("pooled"):
+            entry["pooled"] = True
         entry.update(status="done earlier" if done else "ran",
                      wall_seconds=round(seconds if not done else wall if wall is not None else
                                         (_own_wall_seconds(step) or seconds), 2))
@@ -331,11 +370,15 @@ def recipe_table(record: dict) -> str:
         f = record.get("ensemble", {}) if s["kind"] == "ensemble" else s.get("figures", {})
         where = (f" ({s['competition']}, fold {s['fold']} only)" if "fold" in s else
                  f" ({s['competition']}, its own metric)" if "competition" in s else "")
-        lines.append(f"| {s['kind']} {s['name']}{where} | {s['status']} | {s['wall_seconds']:.1f} "
+        mark = "*" if s.get("pooled") else ""
+        lines.append(f"| {s['kind']} {s['name']}{where} | {s['status']} | {s['wall_seconds']:.1f}{mark} "
                      f"| {_fmt(f.get('untuned'))} | {_fmt(f.get('tuned'))} | {_fmt(f.get('cv'))} |")
     total = record["total_wall_seconds"]
     lines += ["", f"total wall time {total:.0f} s ({total / 60:.1f} min; each step's time in the invocation that "
                   f"finished it)"]
+    if any(s.get("pooled") for s in record["steps"]):
+        lines.append("runs marked * trained in one pool of processes (--jobs): a run's time is from the end of the "
+                     "run finished before it to its own end")
     if record.get("submission"):
         e = record["ensemble"]
         shown = ", ".join(f"{w:.2f}" for w in e["weights"])
@@ -385,8 +428,9 @@ def recipe_parser() -> argparse.ArgumentParser:
                    "runs/recipes/<name>)")
     p.add_argument("--dry-run", action="store_true", help="train and write nothing: print each step's command and "
                    "each run's memory plan (run_cv.py --dry-run)")
-    p.add_argument("--jobs", type=int, default=1, help="on a CPU, each run trains this many folds at once "
-                   "(run_cv.py --jobs; 2 on a 2-core machine)")
+    p.add_argument("--jobs", type=int, default=1, help="on a CPU, this many folds train at once, the runs' folds "
+                   "in one pool of processes, each run once the runs it names are finished (2 on a 2-core "
+                   "machine); on a GPU each run gets run_cv.py --jobs")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info lines")
     return p
 

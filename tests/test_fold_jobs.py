@@ -61,6 +61,7 @@ def test_a_finished_run_with_jobs_trains_nothing_more(tmp_path, comp_dir, caplog
     cfg = tiny_cfg(comp_dir)
     run = run_cv(cfg, tmp_path / "run", quiet=True, jobs=2)
     before = (run / "oof.csv").read_bytes()
+    caplog.clear()  # the first run's lines too are captured when an earlier test left the logger at INFO
     with caplog.at_level(logging.INFO, logger="pipeline"):
         run_cv(cfg, run, quiet=False, jobs=2)
     assert "at once" not in caplog.text and (run / "oof.csv").read_bytes() == before

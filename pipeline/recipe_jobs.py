@@ -1,0 +1,156 @@
+"""A recipe's runs trained as one pool of fold tasks on a CPU (`run_recipe.py --jobs N`).
+
+`run_cv.py --jobs N` trains one run's folds N at a time, in waves: a 5-fold run's last fold trains alone, and so do
+a recipe's one-fold stages, its TF-IDF run and its frozen-backbone heads, each leaving cores to a second thread
+that gains little. Here every unfinished run of a recipe becomes tasks for one pool of N worker processes with
+cores/N torch threads each: one task per missing fold, or the whole run where its folds gain nothing from
+training at once (pipeline/fold_jobs.py says which), then the run's assembly. A run's tasks are ready once every
+run it names (`run:<name>` in its settings: model.init_from, data.pseudo_label_from) is finished; ready tasks
+start in the recipe's order, assemblies first. Each task does what `run_cv.py ... --fold K` (then `run_cv.py ...`)
+does into the run's own directory, so a stopped recipe resumes as it does without the pool.
+
+A failing task stops new ones from starting; the running ones finish (their folds are kept) and the recipe stops
+with the failure. Used only on a CPU: with a GPU each run gets `--jobs` as the command line shows.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.fold_jobs import _start_worker, _train_one, cores, why_not_concurrent
+
+log = logging.getLogger("pipeline")
+
+
+def pool_applies(jobs: int) -> str:
+    """'' when a recipe's runs can share one pool of `jobs` CPU processes; else why not."""
+    import torch
+
+    if jobs < 2:
+        return "--jobs is 1"
+    if torch.cuda.is_available():
+        return "a GPU is present (each run's folds follow its own --jobs)"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "the recipe runs under several accelerate processes"
+    return ""
+
+
+@dataclass
+class _Run:
+    """One unfinished run of the recipe and what of it is left."""
+    step: object  # pipeline.recipe.Step
+    cfg: object  # its RunConfig
+    order: int  # its place in the recipe
+    folds: list  # fold tasks left (None: the whole run as one task)
+    assemble: bool  # an assembly task follows the folds
+    running: int = 0  # its tasks in the pool now
+
+    @property
+    def name(self) -> str:
+        return self.step.name
+
+
+def _fold_done(run_dir: Path, fold: int) -> bool:
+    return (run_dir / "folds" / f"fold_{fold}" / "result.json").is_file()
+
+
+def _plan(step, cfg, order: int) -> _Run:
+    run_dir = Path(step.output)
+    if step.fold is not None:  # a one-fold stage: that fold, never assembled
+        return _Run(step, cfg, order, [step.fold], assemble=False)
+    if why_not_concurrent(cfg):  # TF-IDF, a frozen head: the run in one task, as run_cv.py does it
+        return _Run(step, cfg, order, [None], assemble=False)
+    missing = [k for k in range(cfg.cv.n_folds) if not _fold_done(run_dir, k)]
+    return _Run(step, cfg, order, missing, assemble=True)
+
+
+def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
+    """Train the recipe's unfinished run steps in one pool of `jobs` worker processes.
+
+    steps: the recipe's run Steps in order; configs: {step.key: RunConfig}; finished(step) -> bool: the step's
+    output is complete already. Returns {"seconds": {step.key: wall seconds from its first task to its end},
+    "failed": None or (step.key, message)}. The runs' seconds do not overlap: each run's is from the end of the
+    run that finished before it (or the pool's start) to its own end, so they add up to the pool's wall time.
+    """
+    names = {s.name for s in steps}
+    runs = [_plan(s, configs[s.key], i) for i, s in enumerate(steps) if not finished(s)]
+    done = {s.name for s in steps if finished(s)}
+    waiting = {r.name: [n for n in r.step.after if n in names and n not in done] for r in runs}
+    threads = max(1, cores() // jobs)
+    n_tasks = sum(len(r.folds) + r.assemble for r in runs)
+    log.info("%d runs of the recipe in one pool: %d tasks on %d processes of %d torch thread%s", len(runs), n_tasks,
+             jobs, threads, "s" if threads > 1 else "")
+    seconds, failed, running = {}, None, {}
+    last_end = pool_start = time.perf_counter()
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(threads,)) as pool:
+        while True:
+            while failed is None and len(running) < jobs and (task := _next_task(runs, waiting)) is not None:
+                run, fold, assembly = task
+                run.running += 1
+                future = pool.submit(_train_one, (run.cfg, run.step.output, None if assembly else fold))
+                running[future] = (run, fold, assembly, time.perf_counter())
+            if not running:
+                break
+            finished_now, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished_now:
+                run, fold, assembly, began = running.pop(future)
+                run.running -= 1
+                what = ("assembly" if assembly else "the run" if fold is None else
+                        f"fold {fold + 1}/{run.cfg.cv.n_folds}")
+                try:
+                    future.result()
+                except Exception as exc:  # the task's own error (a worker killed by the system: BrokenProcessPool)
+                    message = str(exc) or type(exc).__name__
+                    log.error("%s (%s) %s failed: %s", run.step.key, run.name, what, message)
+                    if failed is None:
+                        failed = (run.step.key, f"{what}: {message}")
+                        if running:
+                            log.error("no new task starts; waiting for the %d running one%s (their folds are kept)",
+                                      len(running), "s" if len(running) > 1 else "")
+                    continue
+                took = time.perf_counter() - began
+                if run.folds or run.running or (run.assemble and not assembly):
+                    log.info("%s: %s done in %.1f s (worker process)", run.name, what, took)
+                    continue
+                now = time.perf_counter()
+                seconds[run.step.key], last_end = now - last_end, now
+                done.add(run.name)
+                for left in waiting.values():
+                    if run.name in left:
+                        left.remove(run.name)
+                log.info("%s: %s done in %.1f s; the run is finished, %.1f s into the pool%s", run.name, what, took,
+                         now - pool_start, _headline(run))
+    return {"seconds": seconds, "failed": failed}
+
+
+def _next_task(runs: list, waiting: dict):
+    """(run, fold, is_assembly) to start next, or None: a ready run's assembly once its folds are all done first,
+    then the first ready run's next fold, in the recipe's order (ready: the runs it names are finished)."""
+    for run in runs:
+        if run.assemble and not run.folds and not run.running and not waiting[run.name]:
+            run.assemble = False
+            return run, None, True
+    for run in runs:
+        if run.folds and not waiting[run.name]:
+            return run, run.folds.pop(0), False
+    return None
+
+
+def _headline(run: _Run) -> str:
+    """', OOF macro_f1 0.5770 at 0.5, 0.5989 tuned, 0.5921 cross-validated' for an assembled run, else ''."""
+    import json
+
+    report = Path(run.step.output) / "report.json"
+    if not report.is_file():
+        return ""
+    head = json.loads(report.read_text(encoding="utf-8")).get("headline", {})
+    if head.get("cv") is None:
+        return ""
+    return (f"; OOF {head.get('metric')} {head.get('untuned'):.4f} {head.get('untuned_rule')}, "
+            f"{head.get('tuned'):.4f} tuned, {head.get('cv'):.4f} cross-validated")
