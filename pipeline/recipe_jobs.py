@@ -101,7 +101,7 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
             for future in finished_now:
                 run, fold, assembly, began = running.pop(future)
                 run.running -= 1
-                what = ("assembly" if assembly else "the run" if fold is None else
+                what = ("assembly" if assembly else "the whole run" if fold is None else
                         f"fold {fold + 1}/{run.cfg.cv.n_folds}")
                 try:
                     future.result()
