@@ -45,7 +45,6 @@ class _Run:
     """One unfinished run of the recipe and what of it is left."""
     step: object  # pipeline.recipe.Step
     cfg: object  # its RunConfig
-    order: int  # its place in the recipe
     folds: list  # fold tasks left (None: the whole run as one task)
     assemble: bool  # an assembly task follows the folds
     running: int = 0  # its tasks in the pool now
@@ -59,26 +58,26 @@ def _fold_done(run_dir: Path, fold: int) -> bool:
     return (run_dir / "folds" / f"fold_{fold}" / "result.json").is_file()
 
 
-def _plan(step, cfg, order: int) -> _Run:
+def _plan(step, cfg) -> _Run:
     run_dir = Path(step.output)
     if step.fold is not None:  # a one-fold stage: that fold, never assembled
-        return _Run(step, cfg, order, [step.fold], assemble=False)
+        return _Run(step, cfg, [step.fold], assemble=False)
     if why_not_concurrent(cfg):  # TF-IDF, a frozen head: the run in one task, as run_cv.py does it
-        return _Run(step, cfg, order, [None], assemble=False)
+        return _Run(step, cfg, [None], assemble=False)
     missing = [k for k in range(cfg.cv.n_folds) if not _fold_done(run_dir, k)]
-    return _Run(step, cfg, order, missing, assemble=True)
+    return _Run(step, cfg, missing, assemble=True)
 
 
 def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
     """Train the recipe's unfinished run steps in one pool of `jobs` worker processes.
 
     steps: the recipe's run Steps in order; configs: {step.key: RunConfig}; finished(step) -> bool: the step's
-    output is complete already. Returns {"seconds": {step.key: wall seconds from its first task to its end},
-    "failed": None or (step.key, message)}. The runs' seconds do not overlap: each run's is from the end of the
-    run that finished before it (or the pool's start) to its own end, so they add up to the pool's wall time.
+    output is complete already. Returns {"seconds": {step.key: its wall seconds}, "failed": None or (step.key,
+    message)}. The runs' seconds do not overlap: each run's is from the end of the run that finished before it (or
+    the pool's start) to its own end, so they add up to the pool's wall time.
     """
     names = {s.name for s in steps}
-    runs = [_plan(s, configs[s.key], i) for i, s in enumerate(steps) if not finished(s)]
+    runs = [_plan(s, configs[s.key]) for s in steps if not finished(s)]  # in the recipe's order
     done = {s.name for s in steps if finished(s)}
     waiting = {r.name: [n for n in r.step.after if n in names and n not in done] for r in runs}
     threads = max(1, cores() // jobs)

@@ -117,11 +117,12 @@ def test_tasks_start_in_the_recipe_order_once_ready_assemblies_first(tmp_path, c
     cfg = tiny_cfg(comp_dir)
     (tmp_path / "half" / "folds" / "fold_0").mkdir(parents=True)
     (tmp_path / "half" / "folds" / "fold_0" / "result.json").write_text("{}")
-    half = _plan(_Step("half", output=str(tmp_path / "half")), cfg, 0)
+    half = _plan(_Step("half", output=str(tmp_path / "half")), cfg)
     assert (half.folds, half.assemble) == ([1], True)  # a finished fold is not a task again
-    assert _plan(_Step("stage", fold=0), cfg, 1).folds == [0] and not _plan(_Step("stage", fold=0), cfg, 1).assemble
-    runs = [_Run(_Step("a"), cfg, 0, [0, 1], True), _Run(_Step("b", after=("a",)), cfg, 1, [0, 1], True),
-            _Run(_Step("c"), cfg, 2, [0], True)]
+    stage = _plan(_Step("stage", fold=0), cfg)
+    assert (stage.folds, stage.assemble) == ([0], False)
+    runs = [_Run(_Step("a"), cfg, [0, 1], True), _Run(_Step("b", after=("a",)), cfg, [0, 1], True),
+            _Run(_Step("c"), cfg, [0], True)]
     waiting = {"a": [], "b": ["a"], "c": []}
     picked = []
     for _ in range(3):
