@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 log = logging.getLogger("pipeline")
@@ -77,11 +79,20 @@ def _train_one(task: tuple):
 
 
 def train_folds_at_once(cfg, run_dir: Path, folds: list, jobs: int, n_folds: int) -> None:
-    """Train `folds` in waves of `jobs` spawned processes; a worker's error stops the run (finished folds stay)."""
+    """Train `folds` in waves of `jobs` spawned processes. A worker's error stops the run once the wave's other
+    folds finish (finished folds stay); a worker killed by the system is a one-line RunDirError."""
+    from pipeline.errors import RunDirError
+
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     for wave, threads in waves(list(folds), jobs, cores()):
         log.info("folds %s at once, %d process%s of %d torch thread%s", wave, len(wave),
                  "es" if len(wave) > 1 else "", threads, "s" if threads > 1 else "")
-        with context.Pool(len(wave), initializer=_start_worker, initargs=(threads,)) as pool:
-            for fold in pool.imap_unordered(_train_one, [(cfg, str(run_dir), k) for k in wave]):
-                log.info("fold %d/%d done (worker process)", fold + 1, n_folds)
+        try:
+            with ProcessPoolExecutor(len(wave), mp_context=context, initializer=_start_worker,
+                                     initargs=(threads,)) as pool:
+                for future in as_completed([pool.submit(_train_one, (cfg, str(run_dir), k)) for k in wave]):
+                    log.info("fold %d/%d done (worker process)", future.result() + 1, n_folds)
+        except BrokenProcessPool as exc:
+            raise RunDirError(f"{run_dir}: a worker process training folds {wave} died ({exc}); killed by the "
+                              f"system, e.g. out of memory? Finished folds are kept: rerun to resume, with fewer "
+                              f"--jobs if memory is short") from None

@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,8 +105,10 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
                         f"fold {fold + 1}/{run.cfg.cv.n_folds}")
                 try:
                     future.result()
-                except Exception as exc:  # the task's own error (a worker killed by the system: BrokenProcessPool)
-                    message = str(exc) or type(exc).__name__
+                except Exception as exc:  # the task's own error, or its worker killed by the system
+                    message = ("its worker process died (killed by the system, e.g. out of memory? rerun with fewer "
+                               "--jobs if memory is short)" if isinstance(exc, BrokenProcessPool) else
+                               str(exc) or type(exc).__name__)
                     log.error("%s (%s) %s failed: %s", run.step.key, run.name, what, message)
                     if failed is None:
                         failed = (run.step.key, f"{what}: {message}")

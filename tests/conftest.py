@@ -124,3 +124,16 @@ def write_multiclass(folder: Path, train: pd.DataFrame, validation: pd.DataFrame
 @pytest.fixture
 def dair_dir(tmp_path) -> Path:
     return write_multiclass(tmp_path / "dair", *make_multiclass_frames())
+
+
+def spawned_children(pid: int) -> list:
+    """Process ids of `pid`'s multiprocessing workers (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found

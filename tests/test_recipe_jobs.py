@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +18,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import make_multiclass_frames, write_multiclass
+from conftest import make_multiclass_frames, spawned_children, write_multiclass
 from pipeline.recipe import RECORD, recipe_main
 from pipeline.recipe_jobs import _next_task, _plan, _Run, pool_applies
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # a one-fold stage on another competition, a run starting from it, TF-IDF, and a student taught by both: 2 folds
 RECIPE = {
@@ -147,3 +154,21 @@ def test_the_pool_is_for_cpus_only(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert "a GPU is present" in pool_applies(2)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the workers through /proc")
+def test_a_worker_killed_by_the_system_stops_the_recipe_in_one_line(tmp_path, comp_dir):
+    raw = {"name": "killed", "folds": 2, "seed": 0, "set": {"train.epochs": 1},
+           "runs": [{"name": "a", "model": "tiny-encoder"}]}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_recipe.py"), str(_recipe(tmp_path, raw)), "--data-dir",
+                             str(comp_dir), "--recipe-dir", str(tmp_path / "rd"), "--jobs", "2", "--quiet"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (workers := spawned_children(proc.pid)) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert workers, "no worker process appeared"
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert re.match(r"error: recipe killed stopped: runs\[0\] \(a\) fold [12]/2: its worker process died \(killed "
+                    r"by the system", err.strip().splitlines()[-1])
