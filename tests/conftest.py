@@ -126,14 +126,31 @@ def dair_dir(tmp_path) -> Path:
     return write_multiclass(tmp_path / "dair", *make_multiclass_frames())
 
 
-def spawned_children(pid: int) -> list:
-    """Process ids of `pid`'s multiprocessing workers (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
+def run_and_kill_a_worker(argv: list, cwd: Path) -> tuple:
+    """Start `python argv` (a command with --jobs), SIGKILL its first multiprocessing worker as soon as one exists
+    (as the system's out-of-memory killer would; found through Linux /proc), and return (exit code, stderr)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def workers(pid: int) -> list:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
+
+    proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while not (found := workers(proc.pid)) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert found, "no worker process appeared"
+    os.kill(found[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=180)
+    return proc.returncode, err

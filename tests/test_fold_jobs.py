@@ -3,18 +3,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import LABELS, spawned_children
+from conftest import LABELS, run_and_kill_a_worker
 from pipeline.cv import run_cv
 from pipeline.errors import ConfigError
 from pipeline.fold_jobs import waves
@@ -82,16 +79,10 @@ def test_jobs_where_they_gain_nothing_train_in_this_process(tmp_path, comp_dir, 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the workers through /proc")
 def test_a_worker_killed_by_the_system_is_a_one_line_error(tmp_path, comp_dir):
     """An out-of-memory kill of a worker must not hang the run nor end in a traceback."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run_cv.py"), "--model", "tiny-encoder", "--folds", "2",
-                             "--data-dir", str(comp_dir), "--run-dir", str(tmp_path / "r"), "--jobs", "2",
-                             "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not (workers := spawned_children(proc.pid)) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert workers, "no worker process appeared"
-    os.kill(workers[0], signal.SIGKILL)
-    _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 2
+    code, err = run_and_kill_a_worker([str(ROOT / "run_cv.py"), "--model", "tiny-encoder", "--folds", "2",
+                                       "--data-dir", str(comp_dir), "--run-dir", str(tmp_path / "r"), "--jobs", "2",
+                                       "--quiet"], ROOT)
+    assert code == 2
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"error: {tmp_path / 'r'}: a worker process training folds [0, 1] died (")
     assert "rerun to resume" in last and "Traceback" not in err

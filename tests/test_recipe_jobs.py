@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import make_multiclass_frames, spawned_children, write_multiclass
+from conftest import make_multiclass_frames, run_and_kill_a_worker, write_multiclass
 from pipeline.recipe import RECORD, recipe_main
 from pipeline.recipe_jobs import _next_task, _plan, _Run, pool_applies
 
@@ -160,15 +155,9 @@ def test_the_pool_is_for_cpus_only(monkeypatch):
 def test_a_worker_killed_by_the_system_stops_the_recipe_in_one_line(tmp_path, comp_dir):
     raw = {"name": "killed", "folds": 2, "seed": 0, "set": {"train.epochs": 1},
            "runs": [{"name": "a", "model": "tiny-encoder"}]}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run_recipe.py"), str(_recipe(tmp_path, raw)), "--data-dir",
-                             str(comp_dir), "--recipe-dir", str(tmp_path / "rd"), "--jobs", "2", "--quiet"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not (workers := spawned_children(proc.pid)) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert workers, "no worker process appeared"
-    os.kill(workers[0], signal.SIGKILL)
-    _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 2 and "Traceback" not in err
+    code, err = run_and_kill_a_worker([str(ROOT / "run_recipe.py"), str(_recipe(tmp_path, raw)), "--data-dir",
+                                       str(comp_dir), "--recipe-dir", str(tmp_path / "rd"), "--jobs", "2", "--quiet"],
+                                      ROOT)
+    assert code == 2 and "Traceback" not in err
     assert re.match(r"error: recipe killed stopped: runs\[0\] \(a\) fold [12]/2: its worker process died \(killed "
                     r"by the system", err.strip().splitlines()[-1])
