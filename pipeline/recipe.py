@@ -176,6 +176,18 @@ def check_weights(recipe: Recipe, steps: list, configs: dict) -> None:
         raise ConfigError(f"{recipe.source}: " + "; ".join(problems))
 
 
+def _pool_runs(steps: list, configs: dict, fresh: set, recipe_dir: Path, jobs: int) -> Optional[dict]:
+    """--jobs N: every run of the recipe trained in one pool on a CPU (pipeline/recipe_jobs.py); returns its result,
+    or None where it does not apply (each run then gets run_cv.py --jobs)."""
+    if why_not := pool_applies(jobs):
+        log.info("run_recipe.py --jobs %d: the runs train one after the other, as %s", jobs, why_not)
+        return None
+    runs = [s for s in steps if s.kind == "run"]
+    for step in runs:
+        _check_not_stale(step, fresh, recipe_dir, configs)
+    return train_runs_at_once(runs, configs, lambda s: _finished_run(Path(s.output), configs[s.key], s.fold), jobs)
+
+
 def _check_not_stale(step: Step, fresh: set, recipe_dir: Path, configs: dict) -> None:
     """A run started from a pretraining redone just now must not resume folds trained from the earlier weights."""
     stale = [n for n in step.uses if n in fresh]
@@ -286,15 +298,7 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
                 fresh.add(step.name)
         elif step.kind == "run":
             if not pool_checked and jobs > 1 and not _finished_run(Path(step.output), configs[step.key], step.fold):
-                pool_checked = True
-                if why_not_pool := pool_applies(jobs):
-                    log.info("run_recipe.py --jobs %d: the runs train one after the other, as %s", jobs, why_not_pool)
-                else:
-                    runs = [s for s in steps if s.kind == "run"]
-                    for other in runs:
-                        _check_not_stale(other, fresh, recipe_dir, configs)
-                    pooled = train_runs_at_once(runs, configs, lambda s: _finished_run(Path(s.output),
-                                                                                       configs[s.key], s.fold), jobs)
+                pool_checked, pooled = True, _pool_runs(steps, configs, fresh, recipe_dir, jobs)
             if pooled is not None and step.key in pooled["seconds"]:  # trained by the pool just now
                 done, code, pool_seconds = False, 0, pooled["seconds"][step.key]
                 entry["pooled"] = True
