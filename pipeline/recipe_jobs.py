@@ -56,7 +56,9 @@ class _Run:
 
 
 def _fold_done(run_dir: Path, fold: int) -> bool:
-    return (run_dir / "folds" / f"fold_{fold}" / "result.json").is_file()
+    from pipeline.cv import _fold_dir
+
+    return (_fold_dir(run_dir, fold) / "result.json").is_file()
 
 
 def _plan(step, cfg) -> _Run:
