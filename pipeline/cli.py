@@ -32,6 +32,9 @@ def _setup_logging(quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if quiet:  # no weight-loading bars from transformers and the hub either
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        # nor transformers' GGUF conversion bar (plain tqdm, which reads TQDM_* defaults when first imported: a
+        # spawned --jobs worker or a fresh `--quiet` command sets this before it)
+        os.environ["TQDM_DISABLE"] = "1"
 
 
 def _guard(main):

@@ -31,12 +31,15 @@ def test_waves_share_the_cores_and_the_last_one_gets_them_all():
 
 def test_a_worker_starts_with_its_threads_and_the_commands_quiet_logging():
     """A spawned worker inherits no logging set-up: it makes the calling command's, so libraries' import-time
-    warnings (bitsandbytes' optional CPU kernel, on AVX-512 machines) stay out of the run's output."""
-    code = ("import logging, torch; from pipeline.fold_jobs import _start_worker; _start_worker(1); "
+    warnings (bitsandbytes' optional CPU kernel, on AVX-512 machines) and plain tqdm bars (transformers' GGUF
+    conversion, once per SmolLM2 fold) stay out of the run's output."""
+    code = ("import logging; from pipeline.fold_jobs import _start_worker; _start_worker(1); import torch; "
+            "from tqdm.auto import tqdm; list(tqdm(range(3), desc='a GGUF-like bar')); "
             "print(torch.get_num_threads(), logging.getLogger('bitsandbytes').level, "
             "logging.getLogger('pipeline').level, len(logging.getLogger('pipeline').handlers))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", str(logging.ERROR), str(logging.WARNING), "1"]
+    assert "GGUF-like" not in out.stderr
 
 
 def test_folds_trained_at_once_match_a_one_process_run(tmp_path, comp_dir, frames, caplog):
