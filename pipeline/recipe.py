@@ -201,10 +201,11 @@ def _check_not_stale(step: Step, fresh: set, recipe_dir: Path, configs: dict) ->
 def _finished_run(run_dir: Path, cfg, fold: Optional[int] = None) -> bool:
     """A completed run directory made with exactly this config (for a one-fold step: that fold finished)."""
     from pipeline.config import diff_configs, read_saved_config
+    from pipeline.cv import _fold_dir
 
     saved = run_dir / "config.yaml"
-    marker = "report.json" if fold is None else f"folds/fold_{fold}/result.json"
-    return (run_dir / marker).is_file() and saved.is_file() and \
+    marker = run_dir / "report.json" if fold is None else _fold_dir(run_dir, fold) / "result.json"
+    return marker.is_file() and saved.is_file() and \
         not diff_configs(read_saved_config(saved).result_dict(), cfg.result_dict())
 
 
@@ -301,7 +302,7 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
                 pool_checked, pooled = True, _pool_runs(steps, configs, fresh, recipe_dir, jobs)
             if pooled is not None and step.key in pooled["seconds"]:  # trained by the pool just now
                 done, code, pool_seconds = False, 0, pooled["seconds"][step.key]
-                entry["pooled"] = True
+                entry.update(pooled=True, worker_seconds=round(pooled["worker_seconds"][step.key], 2))
             else:
                 done = _finished_run(Path(step.output), configs[step.key], step.fold)
                 _check_not_stale(step, fresh, recipe_dir, configs)
@@ -334,7 +335,7 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
                                 f"its error is above); fix it and rerun the same command to resume")
         wall = before.get("wall_seconds") if done else None
         if done and before.get("pooled"):
-            entry["pooled"] = True
+            entry.update({k: before[k] for k in ("pooled", "worker_seconds") if k in before})
         entry.update(status="done earlier" if done else "ran",
                      wall_seconds=round(seconds if not done else wall if wall is not None else
                                         (_own_wall_seconds(step) or seconds), 2))
@@ -368,21 +369,26 @@ def recipe_table(record: dict) -> str:
     figures = [s["figures"] for s in record["steps"] if "figures" in s and "competition" not in s]
     metric = figures[0]["metric"] if figures else "score"
     rule = figures[0]["untuned_rule"] if figures else "untuned"
+    pooled = any(s.get("pooled") for s in record["steps"])
+    worker = " worker s |" if pooled else ""
     lines = [f"recipe {record['name']} in {record['recipe_dir']}", "",
-             f"| step | status | wall s | OOF {metric} {rule} | tuned | cross-validated |", "|---|---|---:|---:|---:|---:|"]
+             f"| step | status | wall s |{worker} OOF {metric} {rule} | tuned | cross-validated |",
+             "|---|---|---:|" + "---:|" * (4 if pooled else 3)]
     for s in record["steps"]:
         f = record.get("ensemble", {}) if s["kind"] == "ensemble" else s.get("figures", {})
         where = (f" ({s['competition']}, fold {s['fold']} only)" if "fold" in s else
                  f" ({s['competition']}, its own metric)" if "competition" in s else "")
         mark = "*" if s.get("pooled") else ""
-        lines.append(f"| {s['kind']} {s['name']}{where} | {s['status']} | {s['wall_seconds']:.1f}{mark} "
-                     f"| {_fmt(f.get('untuned'))} | {_fmt(f.get('tuned'))} | {_fmt(f.get('cv'))} |")
+        in_workers = (f" {s['worker_seconds']:.1f} |" if "worker_seconds" in s else " - |") if pooled else ""
+        lines.append(f"| {s['kind']} {s['name']}{where} | {s['status']} | {s['wall_seconds']:.1f}{mark} |{in_workers}"
+                     f" {_fmt(f.get('untuned'))} | {_fmt(f.get('tuned'))} | {_fmt(f.get('cv'))} |")
     total = record["total_wall_seconds"]
     lines += ["", f"total wall time {total:.0f} s ({total / 60:.1f} min; each step's time in the invocation that "
                   f"finished it)"]
-    if any(s.get("pooled") for s in record["steps"]):
-        lines.append("runs marked * trained in one pool of processes (--jobs): a run's time is from the end of the "
-                     "run finished before it to its own end")
+    if pooled:
+        lines.append("runs marked * trained in one pool of processes (--jobs): their wall s is from the end of the "
+                     "run finished before it to its own end (they add up to the pool's time); worker s is what its "
+                     "tasks took in the workers, beside other tasks")
     if record.get("submission"):
         e = record["ensemble"]
         shown = ", ".join(f"{w:.2f}" for w in e["weights"])

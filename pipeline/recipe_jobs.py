@@ -49,6 +49,7 @@ class _Run:
     folds: list  # fold tasks left (None: the whole run as one task)
     assemble: bool  # an assembly task follows the folds
     running: int = 0  # its tasks in the pool now
+    worker_seconds: float = 0.0  # its finished tasks' own seconds in the workers
 
     @property
     def name(self) -> str:
@@ -77,7 +78,8 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
     steps: the recipe's run Steps in order; configs: {step.key: RunConfig}; finished(step) -> bool: the step's
     output is complete already. Returns {"seconds": {step.key: its wall seconds}, "failed": None or (step.key,
     message)}. The runs' seconds do not overlap: each run's is from the end of the run that finished before it (or
-    the pool's start) to its own end, so they add up to the pool's wall time.
+    the pool's start) to its own end, so they add up to the pool's wall time; "worker_seconds": {step.key: the
+    seconds its tasks took in the workers, beside other tasks} (what the run costs, whatever order it finished in).
     """
     names = {s.name for s in steps}
     runs = [_plan(s, configs[s.key]) for s in steps if not finished(s)]  # in the recipe's order
@@ -87,7 +89,7 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
     n_tasks = sum(len(r.folds) + r.assemble for r in runs)
     log.info("%d runs of the recipe in one pool: %d tasks on %d processes of %d torch thread%s", len(runs), n_tasks,
              jobs, threads, "s" if threads > 1 else "")
-    seconds, failed, running = {}, None, {}
+    seconds, worker_seconds, failed, running = {}, {}, None, {}
     last_end = pool_start = time.perf_counter()
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(threads,)) as pool:
@@ -119,18 +121,20 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
                                       len(running), "s" if len(running) > 1 else "")
                     continue
                 took = time.perf_counter() - began
+                run.worker_seconds += took
                 if run.folds or run.running or (run.assemble and not assembly):
                     log.info("%s: %s done in %.1f s (worker process)", run.name, what, took)
                     continue
                 now = time.perf_counter()
                 seconds[run.step.key], last_end = now - last_end, now
+                worker_seconds[run.step.key] = run.worker_seconds
                 done.add(run.name)
                 for left in waiting.values():
                     if run.name in left:
                         left.remove(run.name)
                 log.info("%s: %s done in %.1f s; the run is finished, %.1f s into the pool%s", run.name, what, took,
                          now - pool_start, _headline(run))
-    return {"seconds": seconds, "failed": failed}
+    return {"seconds": seconds, "worker_seconds": worker_seconds, "failed": failed}
 
 
 def _next_task(runs: list, waiting: dict):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import make_multiclass_frames, run_and_kill_a_worker, write_multiclass
-from pipeline.recipe import RECORD, recipe_main
+from pipeline.recipe import RECORD, recipe_main, recipe_table
 from pipeline.recipe_jobs import _next_task, _plan, _Run, pool_applies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +60,14 @@ def test_a_pooled_recipe_respects_its_runs_order_and_matches_a_one_process_recip
     # the runs' times do not overlap: each from the end of the run finished before it, so they add up
     assert [bool(s.get("pooled")) for s in record["steps"]] == [True] * 4 + [False]
     assert record["total_wall_seconds"] == pytest.approx(sum(s["wall_seconds"] for s in record["steps"]), abs=0.02)
+    # what each run's tasks took in the workers, whatever order the runs finished in: at most 2 at once
+    worker = {s["name"]: s["worker_seconds"] for s in record["steps"] if s.get("pooled")}
+    assert sorted(worker) == ["dair", "enc", "student", "tfidf"] and all(v > 0 for v in worker.values())
+    assert sum(worker.values()) <= 2 * sum(s["wall_seconds"] for s in record["steps"][:4]) + 0.1
+    table = recipe_table(record)
+    assert "| step | status | wall s | worker s | OOF " in table
+    assert f"| run tfidf | ran | {record['steps'][2]['wall_seconds']:.1f}* | {worker['tfidf']:.1f} |" in table
+    assert "| ensemble ensemble | ran |" in table and "| - |" in table
     runs = tmp_path / "pool" / "runs"
     # a run starts once the runs it names are finished: its directory is made after their last output
     assert (runs / "enc" / "config.yaml").stat().st_mtime >= \
@@ -80,8 +88,9 @@ def test_a_pooled_recipe_respects_its_runs_order_and_matches_a_one_process_recip
     caplog.clear()
     assert _run(recipe, comp_dir, tmp_path / "pool", "--jobs", "2") == 0  # finished: nothing trains again
     assert "in one pool" not in caplog.text
-    assert [s["status"] for s in json.loads((tmp_path / "pool" / RECORD).read_text())["steps"]] == \
-        ["done earlier"] * 5
+    again = json.loads((tmp_path / "pool" / RECORD).read_text())["steps"]
+    assert [s["status"] for s in again] == ["done earlier"] * 5
+    assert {s["name"]: s["worker_seconds"] for s in again if s.get("pooled")} == worker
 
 
 def test_a_failing_task_stops_the_recipe_in_one_line_and_a_rerun_resumes(tmp_path, comp_dir, frames, capsys):
