@@ -90,6 +90,11 @@ def _fold_dir(run_dir: Path, fold: int) -> Path:
     return run_dir / "folds" / f"fold_{fold}"
 
 
+def fold_finished(run_dir: Path, fold: int) -> bool:
+    """The fold's result.json is there (written last: the fold's outputs are complete)."""
+    return (_fold_dir(run_dir, fold) / "result.json").is_file()
+
+
 def folds_digest(folds: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(folds, dtype=np.int64).tobytes()).hexdigest()[:12]
 

@@ -201,11 +201,11 @@ def _check_not_stale(step: Step, fresh: set, recipe_dir: Path, configs: dict) ->
 def _finished_run(run_dir: Path, cfg, fold: Optional[int] = None) -> bool:
     """A completed run directory made with exactly this config (for a one-fold step: that fold finished)."""
     from pipeline.config import diff_configs, read_saved_config
-    from pipeline.cv import _fold_dir
+    from pipeline.cv import fold_finished
 
     saved = run_dir / "config.yaml"
-    marker = run_dir / "report.json" if fold is None else _fold_dir(run_dir, fold) / "result.json"
-    return marker.is_file() and saved.is_file() and \
+    done = (run_dir / "report.json").is_file() if fold is None else fold_finished(run_dir, fold)
+    return done and saved.is_file() and \
         not diff_configs(read_saved_config(saved).result_dict(), cfg.result_dict())
 
 

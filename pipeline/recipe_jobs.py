@@ -56,19 +56,15 @@ class _Run:
         return self.step.name
 
 
-def _fold_done(run_dir: Path, fold: int) -> bool:
-    from pipeline.cv import _fold_dir
-
-    return (_fold_dir(run_dir, fold) / "result.json").is_file()
-
-
 def _plan(step, cfg) -> _Run:
+    from pipeline.cv import fold_finished
+
     run_dir = Path(step.output)
     if step.fold is not None:  # a one-fold stage: that fold, never assembled
         return _Run(step, cfg, [step.fold], assemble=False)
     if why_not_concurrent(cfg):  # TF-IDF, a frozen head: the run in one task, as run_cv.py does it
         return _Run(step, cfg, [None], assemble=False)
-    missing = [k for k in range(cfg.cv.n_folds) if not _fold_done(run_dir, k)]
+    missing = [k for k in range(cfg.cv.n_folds) if not fold_finished(run_dir, k)]
     return _Run(step, cfg, missing, assemble=True)
 
 
@@ -76,10 +72,11 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
     """Train the recipe's unfinished run steps in one pool of `jobs` worker processes.
 
     steps: the recipe's run Steps in order; configs: {step.key: RunConfig}; finished(step) -> bool: the step's
-    output is complete already. Returns {"seconds": {step.key: its wall seconds}, "failed": None or (step.key,
-    message)}. The runs' seconds do not overlap: each run's is from the end of the run that finished before it (or
-    the pool's start) to its own end, so they add up to the pool's wall time; "worker_seconds": {step.key: the
-    seconds its tasks took in the workers, beside other tasks} (what the run costs, whatever order it finished in).
+    output is complete already. Returns {"seconds": {step.key: its wall seconds}, "worker_seconds": {step.key: the
+    seconds its tasks took in the workers, beside other tasks}, "failed": None or (step.key, message)}, for the
+    runs finished. The runs' wall seconds do not overlap: each run's is from the end of the run that finished
+    before it (or the pool's start) to its own end, so they add up to the pool's wall time; the worker seconds are
+    what a run costs, whatever order it finished in.
     """
     names = {s.name for s in steps}
     runs = [_plan(s, configs[s.key]) for s in steps if not finished(s)]  # in the recipe's order
@@ -89,7 +86,7 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
     n_tasks = sum(len(r.folds) + r.assemble for r in runs)
     log.info("%d runs of the recipe in one pool: %d tasks on %d processes of %d torch thread%s", len(runs), n_tasks,
              jobs, threads, "s" if threads > 1 else "")
-    seconds, worker_seconds, failed, running = {}, {}, None, {}
+    seconds, failed, running = {}, None, {}
     last_end = pool_start = time.perf_counter()
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(threads,)) as pool:
@@ -127,14 +124,14 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
                     continue
                 now = time.perf_counter()
                 seconds[run.step.key], last_end = now - last_end, now
-                worker_seconds[run.step.key] = run.worker_seconds
                 done.add(run.name)
                 for left in waiting.values():
                     if run.name in left:
                         left.remove(run.name)
                 log.info("%s: %s done in %.1f s; the run is finished, %.1f s into the pool%s", run.name, what, took,
                          now - pool_start, _headline(run))
-    return {"seconds": seconds, "worker_seconds": worker_seconds, "failed": failed}
+    return {"seconds": seconds, "worker_seconds": {r.step.key: r.worker_seconds for r in runs if r.step.key in seconds},
+            "failed": failed}
 
 
 def _next_task(runs: list, waiting: dict):
