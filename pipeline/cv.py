@@ -39,6 +39,7 @@ from pipeline.plan import planned_tensor_peak
 from pipeline.pseudo_labels import load_pseudo_rows
 from pipeline.report import headline, holdout_section
 from pipeline.report_html import write_run_html
+from pipeline.run_layout import fold_dir
 
 log = logging.getLogger("pipeline")
 
@@ -86,22 +87,13 @@ def _create_run_dir(cfg: RunConfig, run_dir: Path) -> None:
         prepare_run_dir(cfg, run_dir, create=False)
 
 
-def _fold_dir(run_dir: Path, fold: int) -> Path:
-    return run_dir / "folds" / f"fold_{fold}"
-
-
-def fold_finished(run_dir: Path, fold: int) -> bool:
-    """The fold's result.json is there (written last: the fold's outputs are complete)."""
-    return (_fold_dir(run_dir, fold) / "result.json").is_file()
-
-
 def folds_digest(folds: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(folds, dtype=np.int64).tobytes()).hexdigest()[:12]
 
 
 def _save_fold(run_dir: Path, result, train_ids, test_ids, label_cols: list, identity: dict,
                adjustments: list, task) -> None:
-    out = _fold_dir(run_dir, result.fold)
+    out = fold_dir(run_dir, result.fold)
     oof = pd.DataFrame(task.probs(result.val_logits), columns=label_cols)  # the task's link: sigmoid or softmax
     oof.insert(0, "id", train_ids[result.val_index])
     atomic_write_csv(out / "oof.csv", oof)
@@ -133,7 +125,7 @@ RECORDED_SINCE = {"test_inputs_sha256"}
 
 def _load_fold(run_dir: Path, fold: int, identity: dict) -> Optional[dict]:
     """A finished fold's outputs, or None; refuses a fold made by another config, fold split or test set."""
-    out = _fold_dir(run_dir, fold)
+    out = fold_dir(run_dir, fold)
     if not (out / "result.json").is_file():
         return None
     info = json.loads((out / "result.json").read_text())
@@ -446,7 +438,7 @@ def run_cv(cfg: RunConfig, run_dir: Optional[Path] = None, quiet: bool = False,
         if pseudo is not None:
             fold_mask = np.concatenate([fold_mask, np.ones(len(pseudo), dtype=bool)])
         labels = None if pseudo is None else pseudo.labels_for(fold, fit_data.labels)
-        result = _train_with_oom_retry(runner, train_cfg, fold, fit_folds, _fold_dir(run_dir, fold) / "checkpoint",
+        result = _train_with_oom_retry(runner, train_cfg, fold, fit_folds, fold_dir(run_dir, fold) / "checkpoint",
                                        status, adjustments, fold_mask, labels)
         if main:
             _save_fold(run_dir, result, train_ids, test_ids, data.label_cols, identity, adjustments, data.task)

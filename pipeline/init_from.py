@@ -22,6 +22,7 @@ from typing import Optional
 
 from pipeline.config import ModelConfig, RunConfig, read_saved_config
 from pipeline.errors import ConfigError, DataError
+from pipeline.run_layout import fold_dir, fold_finished
 
 log = logging.getLogger("pipeline")
 
@@ -55,11 +56,11 @@ def source_run(cfg: ModelConfig) -> Source:
     n_folds, fold = saved.cv.n_folds, cfg.init_fold
     if not 0 <= fold < n_folds:
         raise ConfigError(f"model.init_fold must be in [0, {n_folds - 1}] for the {n_folds} folds of {run}, got {fold}")
-    fold_dir = run / "folds" / f"fold_{fold}"
-    if not (fold_dir / "result.json").is_file():
-        raise ConfigError(f"{key} has not finished fold {fold} (no {fold_dir / 'result.json'}); finish it with "
+    folder = fold_dir(run, fold)
+    if not fold_finished(run, fold):
+        raise ConfigError(f"{key} has not finished fold {fold} (no {folder / 'result.json'}); finish it with "
                           f"run_cv.py (--fold {fold} trains that fold alone) or set model.init_fold to a finished one")
-    kept = [k for k in range(n_folds) if (run / "folds" / f"fold_{k}" / "model" / "fold.json").is_file()]
+    kept = [k for k in range(n_folds) if (fold_dir(run, k) / "model" / "fold.json").is_file()]
     if not kept:
         raise ConfigError(f"{key} kept no fold models (folds/fold_<k>/model/): it was trained with "
                           f"train.save_models=false; retrain it with train.save_models=true")
@@ -69,9 +70,9 @@ def source_run(cfg: ModelConfig) -> Source:
     if settings(saved.model).load_in_4bit:
         raise ConfigError(f"{key} trained on a 4-bit base (model.load_in_4bit): its weights cannot be merged back "
                           f"to full precision; start from a run without 4-bit loading")
-    meta = json.loads((fold_dir / "model" / "fold.json").read_text())
-    label_cols = list(pd.read_csv(fold_dir / "oof.csv", nrows=0).columns[1:])  # its probability columns
-    return Source(run, fold, saved, fold_dir / "model", meta["finetune"], label_cols)
+    meta = json.loads((folder / "model" / "fold.json").read_text())
+    label_cols = list(pd.read_csv(folder / "oof.csv", nrows=0).columns[1:])  # its probability columns
+    return Source(run, fold, saved, folder / "model", meta["finetune"], label_cols)
 
 
 def weights_digest(source: Source) -> str:

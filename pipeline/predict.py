@@ -26,6 +26,7 @@ from pipeline.config import RunConfig, read_saved_config
 from pipeline.data import read_texts, texts_digest
 from pipeline.errors import RunDirError
 from pipeline.io import atomic_write_csv
+from pipeline.run_layout import fold_dir
 from pipeline.stacking import stacker_from_json
 from pipeline.tasks import task_for
 
@@ -36,7 +37,7 @@ PROB_SUFFIX, PRED_SUFFIX = "_prob", "_pred"
 
 def fold_model_dirs(run_dir: Path, cfg: RunConfig) -> list:
     """The folds/fold_<k>/model/ folder of every fold; refuses a run that did not keep them all."""
-    folders = [run_dir / "folds" / f"fold_{k}" / "model" for k in range(cfg.cv.n_folds)]
+    folders = [fold_dir(run_dir, k) / "model" for k in range(cfg.cv.n_folds)]
     missing = [k for k, folder in enumerate(folders) if not (folder / "fold.json").is_file()]
     if len(missing) == len(folders):
         raise RunDirError(f"run {run_dir} kept no fold models (folds/fold_<k>/model/): it was trained with "

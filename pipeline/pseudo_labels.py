@@ -26,6 +26,7 @@ import pandas as pd
 
 from pipeline.data import CompetitionData
 from pipeline.errors import ConfigError, RunDirError
+from pipeline.run_layout import fold_dir
 
 
 @dataclass
@@ -130,7 +131,7 @@ def _check_teacher(source, run, label_cols: list, train_ids: list, test_ids: lis
 
 
 def _fold_test_probs(source: Path, fold: int, label_cols: list, test_ids: list) -> np.ndarray:
-    path = source / "folds" / f"fold_{fold}" / "test_probs.csv"
+    path = fold_dir(source, fold) / "test_probs.csv"
     if not path.is_file():
         raise RunDirError(f"data.pseudo_label_from: {path} is missing: the teacher's fold {fold} test "
                           f"probabilities are needed")

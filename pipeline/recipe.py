@@ -26,6 +26,7 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import atomic_write_json
 from pipeline.recipe_file import REF_PREFIXES, Recipe, load_recipe, ref_values
 from pipeline.recipe_jobs import pool_applies, train_runs_at_once
+from pipeline.run_layout import fold_finished
 
 log = logging.getLogger("pipeline")
 
@@ -201,7 +202,6 @@ def _check_not_stale(step: Step, fresh: set, recipe_dir: Path, configs: dict) ->
 def _finished_run(run_dir: Path, cfg, fold: Optional[int] = None) -> bool:
     """A completed run directory made with exactly this config (for a one-fold step: that fold finished)."""
     from pipeline.config import diff_configs, read_saved_config
-    from pipeline.cv import fold_finished
 
     saved = run_dir / "config.yaml"
     done = (run_dir / "report.json").is_file() if fold is None else fold_finished(run_dir, fold)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.fold_jobs import _start_worker, _train_one, cores, why_not_concurrent
+from pipeline.run_layout import fold_finished
 
 log = logging.getLogger("pipeline")
 
@@ -57,8 +58,6 @@ class _Run:
 
 
 def _plan(step, cfg) -> _Run:
-    from pipeline.cv import fold_finished
-
     run_dir = Path(step.output)
     if step.fold is not None:  # a one-fold stage: that fold, never assembled
         return _Run(step, cfg, [step.fold], assemble=False)

@@ -29,6 +29,7 @@ from pipeline.cli import _guard, _setup_logging, config_from_args
 from pipeline.config import RunConfig, diff_configs
 from pipeline.errors import ConfigError, PipelineError, RunDirError
 from pipeline.io import atomic_write_text
+from pipeline.run_layout import fold_dir
 from pipeline.search_space import (baseline_params, check_space, config_with, drop_fixed, merge_space, most_epochs,
                                    read_space_file, space_for, suggest)
 
@@ -99,7 +100,7 @@ def searched_figures(cfg: RunConfig, data, folds: np.ndarray, search_folds, run_
     task, metric = data.task, data.competition.metric
     mask = np.isin(folds, list(search_folds))
     ids = data.train_ids[mask]
-    oof = pd.concat([pd.read_csv(run_dir / "folds" / f"fold_{k}" / "oof.csv", dtype={"id": str})
+    oof = pd.concat([pd.read_csv(fold_dir(run_dir, k) / "oof.csv", dtype={"id": str})
                      for k in search_folds]).set_index("id")
     if len(oof) != len(ids) or set(oof.index) != set(ids):
         raise RunDirError(f"{run_dir}: the OOF of folds {list(search_folds)} covers {len(oof)} rows, expected "
@@ -167,7 +168,7 @@ class _Objective:
             return float("nan")
         best_epochs = {}
         for k in self.settings.search_folds:
-            result = json.loads((run_dir / "folds" / f"fold_{k}" / "result.json").read_text())
+            result = json.loads((fold_dir(run_dir, k) / "result.json").read_text())
             best_epochs[str(k)] = result["best_epoch"]
         trial.set_user_attr("metric", figures["metric"])
         for key in ("untuned", "tuned", "cv", "rule"):
