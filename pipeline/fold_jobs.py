@@ -20,6 +20,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from pipeline import process_memory
+
 log = logging.getLogger("pipeline")
 
 
@@ -68,14 +70,17 @@ def _start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _train_one(task: tuple):
+def _train_one(task: tuple) -> tuple:
     """In a worker: train fold `fold` of the run into run_dir, leaving the assembly to the caller; fold None: the
-    whole run as `run_cv.py` does it (what is missing, then the assembly). Returns the fold."""
+    whole run as `run_cv.py` does it (what is missing, then the assembly). Returns (fold, the task's resident peak
+    in bytes, what was resident when it started); a worker trains task after task, so its peak is reset first."""
     cfg, run_dir, fold = task
     from pipeline.cv import run_cv
 
+    before = process_memory.resident()
+    process_memory.reset_peak()
     run_cv(cfg, Path(run_dir), quiet=True, only_fold=fold, assemble=fold is None)
-    return fold
+    return fold, process_memory.peak(), before
 
 
 def train_folds_at_once(cfg, run_dir: Path, folds: list, jobs: int, n_folds: int) -> None:
@@ -91,7 +96,9 @@ def train_folds_at_once(cfg, run_dir: Path, folds: list, jobs: int, n_folds: int
             with ProcessPoolExecutor(len(wave), mp_context=context, initializer=_start_worker,
                                      initargs=(threads,)) as pool:
                 for future in as_completed([pool.submit(_train_one, (cfg, str(run_dir), k)) for k in wave]):
-                    log.info("fold %d/%d done (worker process)", future.result() + 1, n_folds)
+                    fold, peak, _ = future.result()
+                    log.info("fold %d/%d done (worker process, resident peak %s)", fold + 1, n_folds,
+                             process_memory.gigabytes(peak))
         except BrokenProcessPool as exc:
             raise RunDirError(f"{run_dir}: a worker process training folds {wave} died ({exc}); killed by the "
                               f"system, e.g. out of memory? Finished folds are kept: rerun to resume, with fewer "

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline import process_memory
 from pipeline.config import RunConfig
 from pipeline.plan import _POST_NORM_TYPES, MIB, MemoryEstimate, _estimate, _skeletons
 
@@ -116,15 +117,6 @@ def estimate_for_spec(spec: dict) -> MemoryEstimate:
                      spec["max_length"], 1, None)
 
 
-def _vm(key: str) -> int:
-    """A VmRSS/VmHWM line of /proc/self/status, in bytes."""
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {key} in /proc/self/status")
-
-
 def _random_classifier(spec: dict):
     """The pipeline's classifier (pipeline.models.classifier_from_backbone, as build_model makes it) around
     a randomly initialised backbone of a spec's config dict, for architectures that have no preset."""
@@ -220,14 +212,14 @@ def _measure_child(spec: dict) -> dict:
             optimizer.zero_grad(set_to_none=True)
 
     gc.collect()
-    rss_setup = _vm("VmRSS")
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")  # reset VmHWM so the setup's own peak (loading, dequantizing) does not count
+    rss_setup = process_memory.resident()
+    if rss_setup is None or not process_memory.reset_peak():  # the setup's own peak (loading, dequantizing) not counted
+        raise RuntimeError("measuring the resident peak needs Linux's /proc/self/status and /proc/self/clear_refs")
     start = time.perf_counter()
     step()
     step()
     seconds = (time.perf_counter() - start) / 2
-    rss_peak = _vm("VmHWM")
+    rss_peak = process_memory.peak()
 
     def storage_bytes(tensors) -> int:
         seen = {}

@@ -25,8 +25,8 @@ from pipeline.cli import _guard, _setup_logging
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import atomic_write_json
 from pipeline.recipe_file import REF_PREFIXES, Recipe, load_recipe, ref_values
-from pipeline.recipe_jobs import pool_applies, train_runs_at_once
 from pipeline.run_layout import fold_finished
+from pipeline.recipe_jobs import pool_applies, train_runs_at_once
 
 log = logging.getLogger("pipeline")
 
@@ -303,6 +303,8 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
             if pooled is not None and step.key in pooled["seconds"]:  # trained by the pool just now
                 done, code, pool_seconds = False, 0, pooled["seconds"][step.key]
                 entry.update(pooled=True, worker_seconds=round(pooled["worker_seconds"][step.key], 2))
+                if (peak := pooled["worker_peak"][step.key]) is not None:
+                    entry["worker_peak_gb"] = round(peak / 1e9, 2)
             else:
                 done = _finished_run(Path(step.output), configs[step.key], step.fold)
                 _check_not_stale(step, fresh, recipe_dir, configs)
@@ -335,7 +337,7 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
                                 f"its error is above); fix it and rerun the same command to resume")
         wall = before.get("wall_seconds") if done else None
         if done and before.get("pooled"):
-            entry.update({k: before[k] for k in ("pooled", "worker_seconds") if k in before})
+            entry.update({k: before[k] for k in ("pooled", "worker_seconds", "worker_peak_gb") if k in before})
         entry.update(status="done earlier" if done else "ran",
                      wall_seconds=round(seconds if not done else wall if wall is not None else
                                         (_own_wall_seconds(step) or seconds), 2))
@@ -370,16 +372,17 @@ def recipe_table(record: dict) -> str:
     metric = figures[0]["metric"] if figures else "score"
     rule = figures[0]["untuned_rule"] if figures else "untuned"
     pooled = any(s.get("pooled") for s in record["steps"])
-    worker = " worker s |" if pooled else ""
+    worker = " worker s | peak GB |" if pooled else ""
     lines = [f"recipe {record['name']} in {record['recipe_dir']}", "",
              f"| step | status | wall s |{worker} OOF {metric} {rule} | tuned | cross-validated |",
-             "|---|---|---:|" + "---:|" * (4 if pooled else 3)]
+             "|---|---|---:|" + "---:|" * (5 if pooled else 3)]
     for s in record["steps"]:
         f = record.get("ensemble", {}) if s["kind"] == "ensemble" else s.get("figures", {})
         where = (f" ({s['competition']}, fold {s['fold']} only)" if "fold" in s else
                  f" ({s['competition']}, its own metric)" if "competition" in s else "")
         mark = "*" if s.get("pooled") else ""
-        in_workers = (f" {s['worker_seconds']:.1f} |" if "worker_seconds" in s else " - |") if pooled else ""
+        in_workers = ((f" {s['worker_seconds']:.1f} |" if "worker_seconds" in s else " - |") +
+                      (f" {s['worker_peak_gb']:.1f} |" if "worker_peak_gb" in s else " - |")) if pooled else ""
         lines.append(f"| {s['kind']} {s['name']}{where} | {s['status']} | {s['wall_seconds']:.1f}{mark} |{in_workers}"
                      f" {_fmt(f.get('untuned'))} | {_fmt(f.get('tuned'))} | {_fmt(f.get('cv'))} |")
     total = record["total_wall_seconds"]
@@ -388,7 +391,8 @@ def recipe_table(record: dict) -> str:
     if pooled:
         lines.append("runs marked * trained in one pool of processes (--jobs): their wall s is from the end of the "
                      "run finished before it to its own end (they add up to the pool's time); worker s is what its "
-                     "tasks took in the workers, beside other tasks")
+                     "tasks took in the workers, beside other tasks; peak GB the most memory one of its tasks held "
+                     "(resident, in its worker process)")
     if record.get("submission"):
         e = record["ensemble"]
         shown = ", ".join(f"{w:.2f}" for w in e["weights"])

@@ -22,7 +22,9 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
+from pipeline import process_memory
 from pipeline.fold_jobs import _start_worker, _train_one, cores, why_not_concurrent
 from pipeline.run_layout import fold_finished
 
@@ -51,6 +53,7 @@ class _Run:
     assemble: bool  # an assembly task follows the folds
     running: int = 0  # its tasks in the pool now
     worker_seconds: float = 0.0  # its finished tasks' own seconds in the workers
+    worker_peak: Optional[int] = None  # the largest resident peak of its tasks' workers, bytes (None: unknown)
 
     @property
     def name(self) -> str:
@@ -72,8 +75,8 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
 
     steps: the recipe's run Steps in order; configs: {step.key: RunConfig}; finished(step) -> bool: the step's
     output is complete already. Returns {"seconds": {step.key: its wall seconds}, "worker_seconds": {step.key: the
-    seconds its tasks took in the workers, beside other tasks}, "failed": None or (step.key, message)}, for the
-    runs finished. The runs' wall seconds do not overlap: each run's is from the end of the run that finished
+    seconds its tasks took in the workers, beside other tasks}, "worker_peak": {step.key: the largest resident
+    peak of its tasks, bytes, or None}, "failed": None or (step.key, message)}, for the runs finished. The runs' wall seconds do not overlap: each run's is from the end of the run that finished
     before it (or the pool's start) to its own end, so they add up to the pool's wall time; the worker seconds are
     what a run costs, whatever order it finished in.
     """
@@ -104,7 +107,7 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
                 what = ("assembly" if assembly else "the whole run" if fold is None else
                         f"fold {fold + 1}/{run.cfg.cv.n_folds}")
                 try:
-                    future.result()
+                    _, peak, before = future.result()
                 except Exception as exc:  # the task's own error, or its worker killed by the system
                     message = ("its worker process died (killed by the system, e.g. out of memory? rerun with fewer "
                                "--jobs if memory is short)" if isinstance(exc, BrokenProcessPool) else
@@ -118,8 +121,12 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
                     continue
                 took = time.perf_counter() - began
                 run.worker_seconds += took
+                if peak is not None:
+                    run.worker_peak = max(peak, run.worker_peak or 0)
+                memory = (f"resident peak {process_memory.gigabytes(peak)}, "
+                          f"{process_memory.gigabytes(before)} at its start")
                 if run.folds or run.running or (run.assemble and not assembly):
-                    log.info("%s: %s done in %.1f s (worker process)", run.name, what, took)
+                    log.info("%s: %s done in %.1f s (worker process, %s)", run.name, what, took, memory)
                     continue
                 now = time.perf_counter()
                 seconds[run.step.key], last_end = now - last_end, now
@@ -127,10 +134,11 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
                 for left in waiting.values():
                     if run.name in left:
                         left.remove(run.name)
-                log.info("%s: %s done in %.1f s; the run is finished, %.1f s into the pool%s", run.name, what, took,
-                         now - pool_start, _headline(run))
-    return {"seconds": seconds, "worker_seconds": {r.step.key: r.worker_seconds for r in runs if r.step.key in seconds},
-            "failed": failed}
+                log.info("%s: %s done in %.1f s (%s); the run is finished, %.1f s into the pool%s", run.name, what,
+                         took, memory, now - pool_start, _headline(run))
+    finished_runs = [r for r in runs if r.step.key in seconds]
+    return {"seconds": seconds, "worker_seconds": {r.step.key: r.worker_seconds for r in finished_runs},
+            "worker_peak": {r.step.key: r.worker_peak for r in finished_runs}, "failed": failed}
 
 
 def _next_task(runs: list, waiting: dict):

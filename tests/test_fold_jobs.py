@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,7 @@ def test_folds_trained_at_once_match_a_one_process_run(tmp_path, comp_dir, frame
     # folds 0 and 1 in two processes of one thread each, then fold 2 alone with the machine's threads
     assert "folds [0, 1] at once, 2 processes of 1 torch thread" in caplog.text
     assert "folds [2] at once, 1 process of" in caplog.text
+    assert re.search(r"fold 3/3 done \(worker process, resident peak [\d.]+ GB\)", caplog.text)
     for k in range(3):  # each fold was a worker's `--fold K` shard
         assert json.loads((run / f"status_fold_{k}.json").read_text())["fold"] == k
     a, b = (pd.read_csv(d / "oof.csv")[LABELS].to_numpy() for d in (one, run))

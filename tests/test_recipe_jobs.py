@@ -64,9 +64,15 @@ def test_a_pooled_recipe_respects_its_runs_order_and_matches_a_one_process_recip
     worker = {s["name"]: s["worker_seconds"] for s in record["steps"] if s.get("pooled")}
     assert sorted(worker) == ["dair", "enc", "student", "tfidf"] and all(v > 0 for v in worker.values())
     assert sum(worker.values()) <= 2 * sum(s["wall_seconds"] for s in record["steps"][:4]) + 0.1
+    # each task's resident peak in its worker (reset per task): at least a torch import, below this machine's memory
+    peaks = {s["name"]: s["worker_peak_gb"] for s in record["steps"] if s.get("pooled")}
+    assert sorted(peaks) == sorted(worker) and all(0.1 < v < 24 for v in peaks.values())
+    assert re.search(r"enc: fold 1/2 done in [\d.]+ s \(worker process, resident peak [\d.]+ GB, [\d.]+ GB at its "
+                     r"start\)", log)
     table = recipe_table(record)
-    assert "| step | status | wall s | worker s | OOF " in table
-    assert f"| run tfidf | ran | {record['steps'][2]['wall_seconds']:.1f}* | {worker['tfidf']:.1f} |" in table
+    assert "| step | status | wall s | worker s | peak GB | OOF " in table
+    assert (f"| run tfidf | ran | {record['steps'][2]['wall_seconds']:.1f}* | {worker['tfidf']:.1f} | "
+            f"{peaks['tfidf']:.1f} |") in table
     assert "| ensemble ensemble | ran |" in table and "| - |" in table
     runs = tmp_path / "pool" / "runs"
     # a run starts once the runs it names are finished: its directory is made after their last output
@@ -91,6 +97,7 @@ def test_a_pooled_recipe_respects_its_runs_order_and_matches_a_one_process_recip
     again = json.loads((tmp_path / "pool" / RECORD).read_text())["steps"]
     assert [s["status"] for s in again] == ["done earlier"] * 5
     assert {s["name"]: s["worker_seconds"] for s in again if s.get("pooled")} == worker
+    assert {s["name"]: s["worker_peak_gb"] for s in again if s.get("pooled")} == peaks
 
 
 def test_a_failing_task_stops_the_recipe_in_one_line_and_a_rerun_resumes(tmp_path, comp_dir, frames, capsys):
