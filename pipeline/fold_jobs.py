@@ -70,6 +70,14 @@ def _start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def worker_pool(processes: int, threads: int) -> ProcessPoolExecutor:
+    """`processes` spawned workers (no forked torch thread pools) of `threads` torch threads, each training one task
+    and then replaced by a fresh one: what a task leaves resident (cached weights, a fragmented heap) is never
+    carried into the next (a reused worker held 2.4-4.1 GB at a task's start, docs/BENCHMARKS.md)."""
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                               initargs=(threads,), max_tasks_per_child=1)
+
+
 def _train_one(task: tuple) -> tuple:
     """In a worker: train fold `fold` of the run into run_dir, leaving the assembly to the caller; fold None: the
     whole run as `run_cv.py` does it (what is missing, then the assembly). Returns (fold, the task's resident peak
@@ -88,13 +96,11 @@ def train_folds_at_once(cfg, run_dir: Path, folds: list, jobs: int, n_folds: int
     folds finish (finished folds stay); a worker killed by the system is a one-line RunDirError."""
     from pipeline.errors import RunDirError
 
-    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     for wave, threads in waves(list(folds), jobs, cores()):
         log.info("folds %s at once, %d process%s of %d torch thread%s", wave, len(wave),
                  "es" if len(wave) > 1 else "", threads, "s" if threads > 1 else "")
         try:
-            with ProcessPoolExecutor(len(wave), mp_context=context, initializer=_start_worker,
-                                     initargs=(threads,)) as pool:
+            with worker_pool(len(wave), threads) as pool:
                 for future in as_completed([pool.submit(_train_one, (cfg, str(run_dir), k)) for k in wave]):
                     fold, peak, _ = future.result()
                     log.info("fold %d/%d done (worker process, resident peak %s)", fold + 1, n_folds,

@@ -7,7 +7,8 @@ cores/N torch threads each: one task per missing fold, or the whole run where it
 training at once (pipeline/fold_jobs.py says which), then the run's assembly. A run's tasks are ready once every
 run it names (`run:<name>` in its settings: model.init_from, data.pseudo_label_from) is finished; ready tasks
 start in the recipe's order, assemblies first. Each task does what `run_cv.py ... --fold K` (then `run_cv.py ...`)
-does into the run's own directory, so a stopped recipe resumes as it does without the pool.
+does, in a fresh process of its own, into the run's own directory, so a stopped recipe resumes as it does without
+the pool.
 
 A failing task stops new ones from starting; the running ones finish (their folds are kept) and the recipe stops
 with the failure. Used only on a CPU: with a GPU each run gets `--jobs` as the command line shows.
@@ -15,17 +16,16 @@ with the failure. Used only on a CPU: with a GPU each run gets `--jobs` as the c
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from pipeline import process_memory
-from pipeline.fold_jobs import _start_worker, _train_one, cores, why_not_concurrent
+from pipeline.fold_jobs import _train_one, cores, why_not_concurrent, worker_pool
 from pipeline.run_layout import fold_finished
 
 log = logging.getLogger("pipeline")
@@ -90,8 +90,7 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
              jobs, threads, "s" if threads > 1 else "")
     seconds, failed, running = {}, None, {}
     last_end = pool_start = time.perf_counter()
-    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(threads,)) as pool:
+    with worker_pool(jobs, threads) as pool:
         while True:
             while failed is None and len(running) < jobs and (task := _next_task(runs, waiting)) is not None:
                 run, fold, assembly = task

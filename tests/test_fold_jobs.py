@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -112,3 +113,12 @@ def test_a_recipe_passes_jobs_to_its_runs_of_all_folds():
     stage, a, _ = recipe_steps(recipe, ROOT / "runs" / "recipes" / "r", None, jobs=2)
     assert "--jobs" not in stage.argv and a.argv[a.argv.index("--jobs") + 1] == "2"
     assert all("--jobs" not in s.argv for s in recipe_steps(recipe, ROOT / "runs" / "recipes" / "r", None))
+
+
+def test_each_task_runs_in_a_fresh_worker_process():
+    # a worker is replaced after each task: nothing one task leaves resident is carried into the next
+    from pipeline.fold_jobs import worker_pool
+
+    with worker_pool(1, 1) as pool:
+        pids = [pool.submit(os.getpid).result() for _ in range(3)]
+    assert len(set(pids)) == 3 and os.getpid() not in pids
