@@ -76,9 +76,10 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
     steps: the recipe's run Steps in order; configs: {step.key: RunConfig}; finished(step) -> bool: the step's
     output is complete already. Returns {"seconds": {step.key: its wall seconds}, "worker_seconds": {step.key: the
     seconds its tasks took in the workers, beside other tasks}, "worker_peak": {step.key: the largest resident
-    peak of its tasks, bytes, or None}, "failed": None or (step.key, message)}, for the runs finished. The runs' wall seconds do not overlap: each run's is from the end of the run that finished
-    before it (or the pool's start) to its own end, so they add up to the pool's wall time; the worker seconds are
-    what a run costs, whatever order it finished in.
+    peak of its tasks, bytes, or None}, "failed": None or (step.key, message)}, for the runs finished. The runs'
+    wall seconds do not overlap: each run's is from the end of the run that finished before it (or the pool's
+    start) to its own end, so they add up to the pool's wall time; the worker seconds are what a run costs,
+    whatever order it finished in.
     """
     names = {s.name for s in steps}
     runs = [_plan(s, configs[s.key]) for s in steps if not finished(s)]  # in the recipe's order
