@@ -81,7 +81,7 @@ def worker_pool(processes: int, threads: int) -> ProcessPoolExecutor:
 def _train_one(task: tuple) -> tuple:
     """In a worker: train fold `fold` of the run into run_dir, leaving the assembly to the caller; fold None: the
     whole run as `run_cv.py` does it (what is missing, then the assembly). Returns (fold, the task's resident peak
-    in bytes, what was resident when it started); a worker trains task after task, so its peak is reset first."""
+    in bytes, counted from its start, and what was resident then: the worker's own imports)."""
     cfg, run_dir, fold = task
     from pipeline.cv import run_cv
 

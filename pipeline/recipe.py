@@ -25,8 +25,8 @@ from pipeline.cli import _guard, _setup_logging
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import atomic_write_json
 from pipeline.recipe_file import REF_PREFIXES, Recipe, load_recipe, ref_values
-from pipeline.run_layout import fold_finished
 from pipeline.recipe_jobs import pool_applies, train_runs_at_once
+from pipeline.run_layout import fold_finished
 
 log = logging.getLogger("pipeline")
 
