@@ -1,8 +1,8 @@
 """This process's resident memory from the kernel (/proc/self/status), and its peak since a chosen moment.
 
 Used by the `--jobs` workers (each task's peak, counted from its start, is logged and recorded) and by the memory
-planner's CPU measurement (a training step's peak, counted after the model is loaded). On a system without /proc (not Linux) the
-readings are None and nothing is reset."""
+planner's CPU measurement (a training step's peak, counted after the model is loaded). On a system without /proc
+(not Linux) the readings are None and nothing is reset."""
 from __future__ import annotations
 
 from typing import Optional
