@@ -83,8 +83,11 @@ def _train_one(task: tuple) -> tuple:
     whole run as `run_cv.py` does it (what is missing, then the assembly). Returns (fold, the task's resident peak
     in bytes, counted from its start, and what was resident then: the worker's own imports)."""
     cfg, run_dir, fold = task
+    from pipeline import models
     from pipeline.cv import run_cv
 
+    if fold is not None:  # this worker ends after the fold (max_tasks_per_child=1): no weights kept for a next
+        models.one_model_per_process()
     before = process_memory.resident()
     process_memory.reset_peak()
     run_cv(cfg, Path(run_dir), quiet=True, only_fold=fold, assemble=fold is None)

@@ -173,6 +173,24 @@ def _dequantized_gguf(source: str, gguf_file: str, causal: bool = False):
     return _auto_class(causal).from_pretrained(source, gguf_file=gguf_file)
 
 
+_keep_dequantized = True  # False in a process that builds one model and exits
+
+
+def one_model_per_process() -> None:
+    """For a process that trains one fold and exits (a `--jobs` worker): a GGUF model is dequantized for that fold
+    alone, not also kept in the per-process cache for folds that will not come (one copy less: 0.55 GB of
+    SmolLM2-135M's weights)."""
+    global _keep_dequantized
+    _keep_dequantized = False
+
+
+def _gguf_model(source: str, gguf_file: str, causal: bool):
+    """The dequantized GGUF model: a copy of the per-process cache's, or its own in a one-model process."""
+    if _keep_dequantized:
+        return copy.deepcopy(_dequantized_gguf(source, gguf_file, causal))
+    return _dequantized_gguf.__wrapped__(source, gguf_file, causal)
+
+
 def load_backbone(cfg: ModelConfig, st: ModelSettings, tokenizer, device, causal: bool = False):
     """The preset's network as `build_model` loads it (tiny random, GGUF dequantized once, 4-bit or a frozen
     base in the compute dtype); `causal`: the *ForCausalLM with its LM head (model.finetune='generate')."""
@@ -206,7 +224,7 @@ def load_backbone(cfg: ModelConfig, st: ModelSettings, tokenizer, device, causal
         kwargs["dtype"] = _compute_dtype()  # frozen weights need no fp32 master copy
     try:
         if _gguf(cfg) and not st.load_in_4bit:
-            model = copy.deepcopy(_dequantized_gguf(source, preset.gguf_file, causal))
+            model = _gguf_model(source, preset.gguf_file, causal)
             if kwargs.get("dtype") not in (None, torch.float32):
                 model = model.to(kwargs["dtype"])
             return model

@@ -122,3 +122,14 @@ def test_each_task_runs_in_a_fresh_worker_process():
     with worker_pool(1, 1) as pool:
         pids = [pool.submit(os.getpid).result() for _ in range(3)]
     assert len(set(pids)) == 3 and os.getpid() not in pids
+
+
+def test_a_fold_worker_keeps_no_dequantized_weights_for_folds_that_will_not_come(monkeypatch):
+    from pipeline import cv, fold_jobs, models
+
+    monkeypatch.setattr(models, "_keep_dequantized", True)
+    monkeypatch.setattr(cv, "run_cv", lambda *args, **kwargs: None)
+    fold_jobs._train_one((None, "run", None))  # a whole run in the worker: its folds may share the weights
+    assert models._keep_dequantized
+    fold_jobs._train_one((None, "run", 2))
+    assert not models._keep_dequantized

@@ -97,3 +97,31 @@ def test_encoder_lora_trains_adapters_and_head_only_and_reloads(tmp_path, dair_d
         logits = torch.cat([reloaded(torch.tensor([row]), torch.ones(1, len(row), dtype=torch.long)) for row in ids])
     saved = pd.read_csv(run_dir / "folds" / "fold_0" / "test_probs.csv")[data.label_cols].to_numpy()
     np.testing.assert_allclose(get_task("multiclass").probs(logits.numpy()), saved, atol=1e-5)
+
+
+def test_gguf_weights_are_dequantized_once_per_process_and_not_kept_in_a_one_fold_worker(monkeypatch):
+    """A process that trains several folds dequantizes a GGUF file once and copies it per fold; a `--jobs` worker,
+    which trains one fold and exits, keeps no cached copy beside its fold's (0.55 GB of SmolLM2's weights)."""
+    from pipeline import models
+
+    loads = []
+
+    class FakeAuto:
+        @staticmethod
+        def from_pretrained(source, gguf_file):
+            loads.append((source, gguf_file))
+            return torch.nn.Linear(2, 2)
+
+    monkeypatch.setattr(models, "_auto_class", lambda causal: FakeAuto)
+    monkeypatch.setattr(models, "_keep_dequantized", True)  # restored after the test
+    models._dequantized_gguf.cache_clear()
+    try:
+        a, b = (models._gguf_model("src", "m.gguf", False) for _ in range(2))
+        assert len(loads) == 1 and a is not b and torch.equal(a.weight, b.weight)
+        assert models._dequantized_gguf.cache_info().currsize == 1
+        models._dequantized_gguf.cache_clear()
+        models.one_model_per_process()
+        models._gguf_model("src", "m.gguf", False)
+        assert len(loads) == 2 and models._dequantized_gguf.cache_info().currsize == 0
+    finally:
+        models._dequantized_gguf.cache_clear()
