@@ -86,7 +86,7 @@ def _train_one(task: tuple) -> tuple:
     from pipeline import models
     from pipeline.cv import run_cv
 
-    if fold is not None:  # this worker ends after the fold (max_tasks_per_child=1): no weights kept for a next
+    if fold is not None:  # the worker ends after this fold (max_tasks_per_child=1): no weights kept for another
         models.one_model_per_process()
     before = process_memory.resident()
     process_memory.reset_peak()
