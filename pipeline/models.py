@@ -178,8 +178,8 @@ _keep_dequantized = True  # False in a process that builds one model and exits
 
 def one_model_per_process() -> None:
     """For a process that trains one fold and exits (a `--jobs` worker): a GGUF model is dequantized for that fold
-    alone, not also kept in the per-process cache for folds that will not come (one copy less: 0.55 GB of
-    SmolLM2-135M's weights)."""
+    alone, not also kept in the per-process cache for folds that will not come (one copy less: a SmolLM2-135M fold's
+    resident peak 3.0-3.2 GB instead of 3.4-3.7, docs/BENCHMARKS.md)."""
     global _keep_dequantized
     _keep_dequantized = False
 

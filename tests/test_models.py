@@ -101,7 +101,7 @@ def test_encoder_lora_trains_adapters_and_head_only_and_reloads(tmp_path, dair_d
 
 def test_gguf_weights_are_dequantized_once_per_process_and_not_kept_in_a_one_fold_worker(monkeypatch):
     """A process that trains several folds dequantizes a GGUF file once and copies it per fold; a `--jobs` worker,
-    which trains one fold and exits, keeps no cached copy beside its fold's (0.55 GB of SmolLM2's weights)."""
+    which trains one fold and exits, keeps no cached copy beside its fold's (about 0.5 GB less for a SmolLM2 fold)."""
     from pipeline import models
 
     loads = []
