@@ -1,4 +1,4 @@
-"""Speed on this CPU, in one process, one measurement after the other: the fp32 matmul rate, the project's
+"""Speed on this CPU, in one process, one measurement after the other: the matmul rate, the project's
 training and prediction rates (pipeline.train's `train_fold` and `predict_logits`) for an encoder and a LoRA
 decoder, and a `transformers.Trainer` + `DataCollatorWithPadding` reference on the same rows and model.
 
@@ -8,6 +8,8 @@ training adds the input gradients, 2 per weight, and the weight gradients, 2 per
 full fine-tune, about 4N under LoRA; attention QK^T and AV over the T keys of each text, 3x in training),
 counted twice: on the tokens computed (every batch padded to its longest text) and on the real tokens (the
 attention-mask ones). Warm-up (the first optimizer steps, one prediction batch) runs first and is not timed.
+`--mixed-precision bf16` (a CPU with AMX) runs every loop, the Trainer's too, under bf16 autocast and takes the
+bf16 matmul rate as the limit.
 
     python benchmarks/speed.py --data-dir ../shared/data/emotion-detection-fall-2024 --out runs/speed.json
 """
@@ -33,6 +35,7 @@ from torch import nn
 from pipeline.config import RunConfig, load_config
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.inputs import Encoded
+from pipeline.precision import resolve_precision
 
 N_VAL = 8  # rows train_fold validates on after the timed steps (it needs some); also its "test" rows
 NOTES = [
@@ -160,12 +163,12 @@ def flop_model(model: nn.Module, input_ids: list) -> FlopModel:
 
 # ---- the matmul rate -------------------------------------------------------------------------------------
 
-def matmul_rate(sizes: list, seconds: float) -> dict:
-    """fp32 torch.mm of square (n, n) matrices for n in `sizes`: GFLOP/s sustained over a block of at least
+def matmul_rate(sizes: list, seconds: float, dtype: torch.dtype = torch.float32) -> dict:
+    """torch.mm of square (n, n) `dtype` matrices for n in `sizes`: GFLOP/s sustained over a block of at least
     `seconds` after one untimed call, per size, and the best of them."""
     rates = {}
     for n in sizes:
-        a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+        a, b, out = (torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype), torch.empty(n, n, dtype=dtype))
         torch.mm(a, b, out=out)
         calls, start = 0, time.perf_counter()
         while True:
@@ -224,11 +227,13 @@ def _figures(name: str, loop: str, phase: str, seconds: float, tally: TokenTally
                 threads=torch.get_num_threads(), load_average=[round(x, 2) for x in os.getloadavg()])
 
 
-def _loop_config(base: Optional[str], preset: str, warmup: int, steps: int) -> RunConfig:
+def _loop_config(base: Optional[str], preset: str, warmup: int, steps: int, precision: str = "no") -> RunConfig:
     """The run config a user's run of `preset` gets (from `base` YAML, or the defaults), trained for
-    warmup + steps optimizer steps in one epoch."""
+    warmup + steps optimizer steps in one epoch under `precision` (train.mixed_precision)."""
     return load_config(base, [f"model.preset={preset}", "train.epochs=1", f"train.max_steps={warmup + steps}",
-                              "train.patience=0", "train.save_models=false", "train.checkpoint_every=0"])
+                              "train.patience=0", "train.save_models=false", "train.checkpoint_every=0",
+                              # 'auto' is fp32 on a CPU ('no' would read as YAML's false)
+                              f"train.mixed_precision={'auto' if precision == 'no' else precision}"])
 
 
 @dataclass
@@ -347,7 +352,8 @@ def measure_reference(cfg: RunConfig, data: Slice, tokenizer, warmup: int, steps
         gradient_accumulation_steps=cfg.train.grad_accum_steps, max_steps=warmup + steps, learning_rate=lr,
         weight_decay=cfg.train.weight_decay, warmup_steps=cfg.train.warmup_ratio, lr_scheduler_type="linear",
         max_grad_norm=cfg.train.max_grad_norm, seed=cfg.cv.seed, report_to="none", save_strategy="no",
-        logging_strategy="no", eval_strategy="no", disable_tqdm=True, dataloader_pin_memory=False)
+        logging_strategy="no", eval_strategy="no", disable_tqdm=True, dataloader_pin_memory=False,
+        bf16=cfg.train.mixed_precision == "bf16", use_cpu=True)  # transformers refuses bf16 on CPU without it
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator, callbacks=[Clock()])
     trainer.remove_callback(PrinterCallback)  # it prints the run's metrics dict into the table's stdout
     facts = dict(batch_size=batch_size, max_length=st.max_length, finetune=st.finetune)
@@ -408,9 +414,12 @@ def run_benchmark(args: argparse.Namespace, log=lambda line: print(line, file=sy
     started, load_start = datetime.datetime.now().isoformat(timespec="seconds"), os.getloadavg()
     encoder_preset = "tiny-encoder" if args.tiny else args.preset
     decoder_preset = None if args.no_decoder else ("tiny-decoder" if args.tiny else args.decoder_preset)
-    configs = [_loop_config(args.config, encoder_preset, args.warmup, args.steps)]
+    configs = [_loop_config(args.config, encoder_preset, args.warmup, args.steps, args.mixed_precision)]
     if decoder_preset:
-        configs.append(_loop_config(None, decoder_preset, args.warmup, args.steps))
+        configs.append(_loop_config(None, decoder_preset, args.warmup, args.steps, args.mixed_precision))
+    resolve_precision(args.mixed_precision)  # bf16 needs AMX: refused before anything is measured
+    dtype = {"no": torch.float32, "bf16": torch.bfloat16}[args.mixed_precision]
+    kind = {"no": "fp32", "bf16": "bf16"}[args.mixed_precision]
     # one epoch must hold warm-up + timed steps (an epoch's end validates, which is not training)
     need = {c.model.preset: (args.warmup + args.steps) * train_settings(c)[1] * c.train.grad_accum_steps
             for c in configs}
@@ -429,8 +438,8 @@ def run_benchmark(args: argparse.Namespace, log=lambda line: print(line, file=sy
     data = Slice(frame.train_texts[:rows + N_VAL], frame.labels[:rows + N_VAL], rows)
     predict_rows = min(args.predict_rows, rows)
 
-    log(f"matmul: fp32 torch.mm at sizes {args.gemm_sizes}, {args.gemm_seconds} s each, before the models")
-    gemm_first = matmul_rate(args.gemm_sizes, args.gemm_seconds)
+    log(f"matmul: {kind} torch.mm at sizes {args.gemm_sizes}, {args.gemm_seconds} s each, before the models")
+    gemm_first = matmul_rate(args.gemm_sizes, args.gemm_seconds, dtype)
     measured, flop_models = [], {}
     train, predict, flops, tokenizer = measure_project(configs[0], data, args.warmup, args.steps, predict_rows, log)
     measured += [train, predict]
@@ -445,7 +454,7 @@ def run_benchmark(args: argparse.Namespace, log=lambda line: print(line, file=sy
         measured += [train, predict]
         flop_models[decoder_preset] = asdict(flops)
     log("matmul: again, after the models")
-    gemm_last = matmul_rate(args.gemm_sizes, args.gemm_seconds)
+    gemm_last = matmul_rate(args.gemm_sizes, args.gemm_seconds, dtype)
     gemm = dict(before=gemm_first, after=gemm_last, best_gflops=max(gemm_first["best_gflops"],
                                                                     gemm_last["best_gflops"]))
     for m in measured:
@@ -459,7 +468,7 @@ def run_benchmark(args: argparse.Namespace, log=lambda line: print(line, file=sy
         load_average=dict(start=[round(x, 2) for x in load_start], end=[round(x, 2) for x in load_end],
                           busy=max(load_start[0], load_end[0]) > os.cpu_count() + 0.5),
         settings=dict(data_dir=str(args.data_dir), rows=rows, validation_rows=N_VAL, predict_rows=predict_rows,
-                      warmup_steps=args.warmup, timed_steps=args.steps, config=args.config, precision="fp32"),
+                      warmup_steps=args.warmup, timed_steps=args.steps, config=args.config, precision=kind),
         warmup=(f"training: the first {args.warmup} optimizer steps of each loop run untimed; prediction: one "
                 f"untimed batch before each timed pass"),
         tokens=("computed = rows x padded width of every batch (what the matmuls ran on); real = attention-mask "
@@ -481,13 +490,13 @@ def render(result: dict) -> str:
     """The result as a table a person reads."""
     m, s = result["machine"], result["settings"]
     lines = [f"speed on {m['cpu']} ({m['cores']} cores), {m['threads']} torch threads, torch {m['torch']}, "
-             f"transformers {m['transformers']}, fp32",
+             f"transformers {m['transformers']}, {s['precision']}",
              f"load average (1, 5, 15 min): start {result['load_average']['start']}, end {result['load_average']['end']}",
              f"rows: the first {s['rows']} of {s['data_dir']}/train.csv; prediction on the first {s['predict_rows']}",
              f"warm-up: {result['warmup']}",
              f"tokens: {result['tokens']}",
              *[f"note: {note}" for note in result["notes"]],
-             *[f"matmul fp32 {when} the models (GFLOP/s): "
+             *[f"matmul {s['precision']} {when} the models (GFLOP/s): "
                + ", ".join(f"{n}: {r}" for n, r in result["matmul"][when]["gflops_by_size"].items())
                for when in ("before", "after")],
              f"matmul-bound limit: the best of both, {result['matmul']['best_gflops']} GFLOP/s"]
@@ -546,6 +555,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--predict-rows", type=_positive, default=512, help="rows predicted, timed (default: 512)")
     p.add_argument("--gemm-sizes", type=_sizes, default=[256, 512, 1024, 2048], help="square matmul sizes")
     p.add_argument("--gemm-seconds", type=float, default=1.5, help="seconds of matmuls per size (default: 1.5)")
+    p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+                   help="train.mixed_precision of every loop, the Trainer's included, and the dtype of the matmul\n"
+                        "limit (default: no, fp32; bf16 needs a CPU with AMX)")
     p.add_argument("--out", default="runs/speed.json", help="JSON result (default: runs/speed.json)")
     return p
 

@@ -286,7 +286,7 @@ def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
 
-    from pipeline.train import resolve_precision
+    from pipeline.precision import resolve_precision
     from pipeline.tracking import tracker_settings
 
     precision = resolve_precision(cfg.train.mixed_precision)

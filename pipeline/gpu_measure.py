@@ -81,7 +81,8 @@ def _child(case: dict) -> dict:
     from pipeline.models import build_model
     from pipeline.plan import estimate_memory
     from pipeline.tasks import get_task
-    from pipeline.train import _param_groups, adamw, resolve_precision
+    from pipeline.precision import resolve_precision
+    from pipeline.train import _param_groups, adamw
 
     cfg = case_config(case)
     torch.manual_seed(0)

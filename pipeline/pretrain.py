@@ -262,6 +262,7 @@ def pretrain(cfg: RunConfig, out: Path, progress: Optional[Callable] = None) -> 
     from pipeline.io import atomic_write_folder
     from pipeline.models import load_tokenizer
     from pipeline.inputs import tokenize
+    from pipeline.precision import attention_for_training
     from pipeline.train import LengthGroupedBatches, adamw, release
 
     started = time.perf_counter()
@@ -297,6 +298,7 @@ def pretrain(cfg: RunConfig, out: Path, progress: Optional[Callable] = None) -> 
         log.info("token embeddings stay fixed (model.freeze_embeddings)%s",
                  ", and with them the tied MLM decoder" if not causal else "")
     model = _with_lora(lm, st, fresh_head) if st.finetune == "lora" else lm
+    attention_for_training(model, accelerator)
     log.info("pretraining %s (%s, finetune=%s) on %d texts (%d train + %d test), %d held out; max_length %d, "
              "%d texts reach it and are cut", st.preset.name, wanted["objective"], st.finetune, len(train_idx),
              corpus.n_train, corpus.n_test, len(held_idx), st.max_length, cut)

@@ -165,16 +165,30 @@ def check_weights(recipe: Recipe, steps: list, configs: dict) -> None:
     (another step's output may not exist yet); hub ids are left to the run (they need internet, not a package)."""
     from pipeline.presets import weights_source
 
-    problems = []
+    _check_each(recipe, steps, configs, lambda cfg: cfg.model.path is None and weights_source(cfg.model))
+
+
+def check_precision(recipe: Recipe, steps: list, configs: dict) -> None:
+    """Every step's train.mixed_precision runs on this machine (bf16 on a CPU needs AMX), before anything trains."""
+    from pipeline.precision import resolve_precision
+
+    _check_each(recipe, steps, configs, lambda cfg: resolve_precision(cfg.train.mixed_precision))
+
+
+def _check_each(recipe: Recipe, steps: list, configs: dict, check) -> None:
+    """`check(config)` on every run's config; one ConfigError naming the recipe file and each step it refused
+    (steps refused for the same reason named together before it)."""
+    problems: dict = {}  # reason -> the steps it refused
     for step in steps:
         cfg = configs.get(step.key)
-        if cfg is not None and cfg.model.path is None:
+        if cfg is not None:
             try:
-                weights_source(cfg.model)
+                check(cfg)
             except PipelineError as exc:
-                problems.append(f"{step.key} ({step.name}): {exc}")
+                problems.setdefault(str(exc), []).append(f"{step.key} ({step.name})")
     if problems:
-        raise ConfigError(f"{recipe.source}: " + "; ".join(problems))
+        raise ConfigError(f"{recipe.source}: " + "; ".join(f"{', '.join(where)}: {reason}"
+                                                          for reason, where in problems.items()))
 
 
 def _pool_runs(steps: list, configs: dict, fresh: set, recipe_dir: Path, jobs: int) -> Optional[dict]:
@@ -276,6 +290,7 @@ def run_recipe(recipe: Recipe, recipe_dir: Path, data_dir: Optional[str] = None,
     recipe_dir = Path(recipe_dir)
     steps = recipe_steps(recipe, recipe_dir, data_dir, quiet, jobs)
     configs = check_steps(recipe, steps)
+    check_precision(recipe, steps, configs)
     check_weights(recipe, steps, configs)
     earlier = {(s["kind"], s["name"]): s for s in _read_record(recipe, recipe_dir).get("steps", [])}
     record = {"name": recipe.name, "recipe_file": recipe.source, "recipe_dir": str(recipe_dir),

@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.config import RunConfig
-from pipeline.errors import ConfigError
 from pipeline.finetune import finetune_mode, save_fold_model
 from pipeline.models import trainable_state
+from pipeline.precision import attention_for_training
 from pipeline.presets import train_settings
 from pipeline.tasks import task_for
 from pipeline.tracking import end_fold, epoch_values, start_fold, step_values
@@ -82,19 +82,6 @@ def _sorted_batches(lengths: np.ndarray, batch_size: int) -> list:
     """Prediction batches in decreasing length (least padding, fixed order)."""
     order = np.argsort(-lengths, kind="stable")
     return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-
-
-def resolve_precision(setting: str) -> str:
-    """'auto' becomes bf16 (or fp16) on a CUDA GPU and 'no' on CPU, where bf16 is ~150x slower."""
-    cuda = torch.cuda.is_available()
-    if setting == "auto":
-        if not cuda:
-            return "no"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if setting in ("bf16", "fp16") and not cuda:
-        raise ConfigError(f"train.mixed_precision={setting} needs a CUDA GPU; on this CPU use 'no' or "
-                          f"'auto' (bf16 matrix products run about 150x slower than fp32 here)")
-    return setting
 
 
 def release(accelerator) -> None:
@@ -245,6 +232,7 @@ def train_fold(cfg: RunConfig, fold: int, folds: np.ndarray, labels: np.ndarray,
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     mode = finetune_mode(cfg.model)  # what differs by model.finetune: the model, its loss, extra outputs
     model = mode.fold_model(cfg, inputs, labels.shape[1], tokenizer, accelerator.device)
+    attention_for_training(model, accelerator)
     task = task_for(cfg.data.competition)  # the loss, validation score and link differ by task
     loss_of = mode.loss(cfg, task, labels[train_idx], accelerator.device)
     sampler = LengthGroupedBatches(inputs.lengths("train", train_idx), batch_size, cfg.train_seed * 1000 + fold,

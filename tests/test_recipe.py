@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from pipeline import cli
@@ -321,6 +322,23 @@ def test_missing_packaged_weights_stop_the_recipe_before_anything_trains(tmp_pat
     assert [len(s.calls) for s in spies.values()] == [0, 0, 0] and not (rd / "runs").exists()
 
 
+def test_bf16_on_a_cpu_without_amx_stops_the_recipe_before_anything_trains(tmp_path, comp_dir, spies, capsys,
+                                                                            monkeypatch):
+    from pipeline import precision
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: bf16 runs there")
+    monkeypatch.setattr(precision, "cpu_has_amx_bf16", lambda: False)
+    raw = {**TINY, "set": {**TINY["set"], "train.mixed_precision": "bf16"}}
+    recipe, rd = _write(tmp_path / "tiny.yaml", raw), tmp_path / "rd"
+    assert recipe_main(_argv(recipe, comp_dir, rd)) == 2
+    err = capsys.readouterr().err.strip()
+    # the same reason once, after the runs it refuses (TF-IDF's too: the recipe-wide `set` reaches it)
+    assert len(err.splitlines()) == 1 and str(recipe) in err and err.count("a CPU with AMX") == 1
+    assert "runs[0] (enc), runs[1] (tfidf): train.mixed_precision=bf16 needs a CUDA GPU or a CPU with AMX" in err
+    assert [len(s.calls) for s in spies.values()] == [0, 0, 0] and not (rd / "runs").exists()
+
+
 def test_a_recipe_extending_another_adds_its_steps_and_reuses_the_base_recipes_runs(tmp_path, comp_dir, spies,
                                                                                      capsys):
     base = _write(tmp_path / "tiny.yaml", {k: v for k, v in TINY.items() if k != "pretrain"} | {
@@ -366,7 +384,7 @@ def test_a_bad_extends_is_a_one_line_error(tmp_path, comp_dir, raw, expected, ca
         parse_recipe(TINY | {"extends": "tiny.yaml"}, "bare")
 
 
-@pytest.mark.parametrize("name", ["cpu-2h", "cpu-best", "gpu"])
+@pytest.mark.parametrize("name", ["cpu-2h", "cpu-best", "cpu-best-amx", "gpu"])
 def test_shipped_recipes_load_validate_and_dry_run(name, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)  # config paths in a recipe are relative to the checkout
     recipe = load_recipe(ROOT / "configs" / "recipes" / f"{name}.yaml")

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.precision import cpu_has_amx_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "speed.py"
 
@@ -168,6 +170,30 @@ def test_too_few_rows_is_one_line_naming_the_flag(speed, tmp_path, comp_dir, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: --rows 20 is too few")
     assert "tiny-encoder needs 48" in err[0] and "tiny-decoder needs 24" in err[0] and not out.exists()
+
+
+def test_bf16_without_amx_is_refused_before_anything_is_measured(speed, tmp_path, comp_dir, capsys, monkeypatch):
+    import pipeline.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_amx_bf16", lambda: False)
+    out = tmp_path / "speed.json"
+    code = speed.main(["--tiny", "--data-dir", str(comp_dir), "--mixed-precision", "bf16", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "bf16 needs a CUDA GPU or a CPU with AMX" in err[0] and not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or not cpu_has_amx_bf16(), reason="bf16 on a CPU needs AMX")
+def test_script_under_bf16_on_an_amx_cpu(tmp_path, comp_dir):
+    out = tmp_path / "speed.json"
+    done = _run(["--tiny", "--no-decoder", "--mixed-precision", "bf16", "--data-dir", str(comp_dir), "--warmup", "1",
+                 "--steps", "2", "--predict-rows", "24", "--gemm-sizes", "32", "--gemm-seconds", "0.02",
+                 "--out", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["settings"]["precision"] == "bf16" and "matmul bf16 before the models" in done.stdout
+    assert {(m["loop"], m["phase"]) for m in result["measurements"]} == {
+        ("project", "train"), ("project", "predict"), ("Trainer", "train"), ("Trainer", "predict")}
+    assert all(m["examples_per_s"] > 0 for m in result["measurements"])
 
 
 def test_generate_speed_script_on_a_tiny_decoder(comp_dir, tmp_path):

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from pipeline.errors import ConfigError
 from pipeline.inputs import Encoded, _Collate
-from pipeline.train import LengthGroupedBatches, resolve_precision, train_fold
+from pipeline.train import LengthGroupedBatches, train_fold
 
 
 def test_length_grouped_batches_cover_every_row_once_and_reduce_padding():
@@ -37,15 +36,6 @@ def test_collate_pads_dynamically(side):
     else:
         assert inputs["input_ids"][1].tolist() == [0, 0, 8] and inputs["attention_mask"][1].tolist() == [0, 0, 1]
     assert batch["row"].tolist() == [0, 3]
-
-
-def test_bf16_on_cpu_is_refused_with_a_reason():
-    import torch
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    assert resolve_precision("auto") == "no"
-    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
-        resolve_precision("bf16")
 
 
 def test_train_fold_tiny_encoder_learns_cues():

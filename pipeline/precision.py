@@ -1,0 +1,63 @@
+"""What a run computes in: `train.mixed_precision` resolved for this machine, and the attention kernel that
+training under it needs.
+
+On a CUDA GPU 'auto' is bf16 (fp16 where the GPU lacks bf16). On a CPU 'auto' is fp32 ('no': the same numbers
+on every CPU), and 'bf16' autocast is allowed only where the CPU multiplies bf16 in AMX tiles (Intel Xeon of the
+4th generation and later, `amx_bf16` in /proc/cpuinfo): on such a 2-core machine MiniLM-L6, SmolLM2 LoRA and
+MPNet folds trained 1.6-2.2x faster than in fp32, with scores within fold-to-fold noise (docs/BENCHMARKS.md,
+"bf16 on a CPU with AMX"). On a CPU without AMX (the AVX2 machines here) bf16 matrix products run about 150x slower than
+fp32, so it is refused with that reason.
+
+PyTorch's fused SDPA attention on CPU runs its backward about 12x slower in bf16 than in fp32 (measured on
+MiniLM-L6's shapes), which cancels the gain; training under CPU bf16 therefore switches the model to
+transformers' eager attention (matmul + softmax), whose bf16 backward is fast. Forward-only prediction keeps
+whatever the model was built with.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import ConfigError
+
+
+@lru_cache(maxsize=1)
+def cpu_has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU advertises AMX bf16 tiles (Linux's flag list; False where it cannot be read)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "amx_bf16" in flags
+
+
+def resolve_precision(setting: str) -> str:
+    """accelerate's mixed_precision for train.mixed_precision on this machine: 'auto' is bf16 (or fp16) on a
+    CUDA GPU and 'no' on a CPU; 'bf16' on a CPU needs AMX, 'fp16' needs a GPU."""
+    cuda = torch.cuda.is_available()
+    if setting == "auto":
+        if not cuda:
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if setting == "bf16" and not cuda and not cpu_has_amx_bf16():
+        raise ConfigError("train.mixed_precision=bf16 needs a CUDA GPU or a CPU with AMX (amx_bf16 in /proc/cpuinfo);"
+                          " on this CPU bf16 matrix products run about 150x slower than fp32: use 'no' or 'auto'")
+    if setting == "fp16" and not cuda:
+        raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU; on a CPU use 'no', 'auto' or, with AMX, "
+                          "'bf16'")
+    return setting
+
+
+def attention_for_training(model: torch.nn.Module, accelerator) -> None:
+    """Under bf16 autocast on a CPU, put every transformers model inside `model` on eager attention (SDPA's
+    CPU backward is ~12x slower in bf16); anywhere else leave it as built."""
+    from transformers import PreTrainedModel
+
+    if accelerator.mixed_precision != "bf16" or accelerator.device.type != "cpu":
+        return
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and module.config._attn_implementation != "eager":
+            module.set_attn_implementation("eager")
