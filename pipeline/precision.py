@@ -4,8 +4,8 @@ training under it needs.
 On a CUDA GPU 'auto' is bf16 (fp16 where the GPU lacks bf16). On a CPU 'auto' is fp32 ('no': the same numbers
 on every CPU), and 'bf16' autocast is allowed only where the CPU multiplies bf16 in AMX tiles (Intel Xeon of the
 4th generation and later, `amx_bf16` in /proc/cpuinfo): on such a 2-core machine MiniLM-L6, SmolLM2 LoRA and
-MPNet folds trained 1.6-2.2x faster than in fp32, with scores within fold-to-fold noise (docs/BENCHMARKS.md,
-"bf16 on a CPU with AMX"). On a CPU without AMX (the AVX2 machines here) bf16 matrix products run about 150x slower than
+MPNet trained 1.5-2x faster than in fp32, with scores within fold-to-fold noise (docs/BENCHMARKS.md, "bf16 on a
+CPU with AMX"). On a CPU without AMX (the AVX2 machines here) bf16 matrix products run about 150x slower than
 fp32, so it is refused with that reason.
 
 PyTorch's fused SDPA attention on CPU runs its backward about 12x slower in bf16 than in fp32 (measured on
