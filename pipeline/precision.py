@@ -10,8 +10,9 @@ fp32, so it is refused with that reason.
 
 PyTorch's fused SDPA attention on CPU runs its backward about 12x slower in bf16 than in fp32 (measured on
 MiniLM-L6's shapes), which cancels the gain; training under CPU bf16 therefore switches the model to
-transformers' eager attention (matmul + softmax), whose bf16 backward is fast. Forward-only prediction keeps
-whatever the model was built with.
+transformers' eager attention (matmul + softmax), whose bf16 backward is fast. A fold's own validation and test
+prediction then runs on that eager model; a model built for prediction alone (predict.py) keeps SDPA, whose
+forward is fast in bf16.
 """
 from __future__ import annotations
 
