@@ -1,7 +1,8 @@
 """Recipe files: what a `configs/recipes/*.yaml` declares (pretrainings, K-fold runs, one ensemble), parsed
 and checked as a whole. Every problem (unknown key, bad value, undeclared reference, a member on another
 competition) is collected and raised once as a ConfigError naming the file and each key; running a recipe is
-pipeline/recipe.py's job. A file may `extends:` another (relative path): it adds steps to that recipe's.
+pipeline/recipe.py's job. A file may `extends:` another (relative path): it adds steps to that recipe's, and a
+step named as one of the base's changes that step in place.
 """
 from __future__ import annotations
 
@@ -243,9 +244,10 @@ def _elsewhere(key: str, entry: dict, recipe: Recipe, problems: list) -> tuple:
 
 def _read_extended(path: Path, seen: tuple = ()) -> tuple:
     """A recipe file's YAML with its `extends:` chain folded in: the base file (relative to this one) gives
-    every key this file leaves out; `pretrain` and `runs` are the base's steps then this file's, `set` the
-    base's overrides then this file's (later ones win); `name` is never inherited. Returns (the mapping, the
-    names of the recipes extended, nearest first)."""
+    every key this file leaves out; `pretrain` and `runs` are the base's steps then this file's, except that a
+    step named as one of the base's changes it in place (_merge_steps); `set` is the base's overrides then this
+    file's (later ones win); `name` is never inherited. Returns (the mapping, the names of the recipes extended,
+    nearest first)."""
     from pipeline.config import read_yaml
 
     raw = read_yaml(str(path), "recipe file")
@@ -266,15 +268,40 @@ def _read_extended(path: Path, seen: tuple = ()) -> tuple:
     merged = {k: v for k, v in base.items() if k != "name"}
     for key, value in raw.items():
         if key in ("pretrain", "runs") and isinstance(value, list) and isinstance(base.get(key), list):
-            value = base[key] + value
+            value = _merge_steps(path, key, base_path, base[key], value)
         elif key == "set" and base.get("set") is not None and value is not None:
-            problems: list = []
-            value = list(_overrides(f"{base_path}: set", base["set"], problems)) + list(
-                _overrides("set", value, problems))
-            if problems:
-                raise ConfigError(f"{path}: " + "; ".join(problems))
+            value = _merged_set(path, "set", base_path, base["set"], value)
         merged[key] = value
     return merged, (base.get("name", base_path.stem),) + bases
+
+
+def _merged_set(path: Path, key: str, base_path: Path, base_set, own_set) -> list:
+    """The base's `set` overrides then this file's, as 'section.key=value' strings (the later ones win)."""
+    problems: list = []
+    value = list(_overrides(f"{base_path}: {key}", base_set, problems)) + list(_overrides(key, own_set, problems))
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return value
+
+
+def _merge_steps(path: Path, section: str, base_path: Path, base_steps: list, own_steps: list) -> list:
+    """The base's steps then this file's, except that this file's first step named as a base step changes it in
+    place (where it stands, so later steps' `run:` references still follow it): the keys it gives replace the
+    base step's, its `set` comes after the base step's. A second step of that name is added (parse_recipe calls
+    it a name that appears twice)."""
+    steps = [dict(s) if isinstance(s, dict) else s for s in base_steps]
+    at = {s["name"]: i for i, s in enumerate(steps) if isinstance(s, dict) and isinstance(s.get("name"), str)}
+    changed: set = set()
+    for own in own_steps:
+        name = own.get("name") if isinstance(own, dict) else None
+        if not isinstance(name, str) or name not in at or name in changed:
+            steps.append(own)
+            continue
+        changed.add(name)
+        step, key = steps[at[name]], f"{section}[{name}].set"
+        for k, v in own.items():
+            step[k] = _merged_set(path, key, base_path, step["set"], v) if k == "set" and step.get("set") else v
+    return steps
 
 
 def load_recipe(path) -> Recipe:

@@ -370,6 +370,31 @@ def test_a_recipe_extending_another_adds_its_steps_and_reuses_the_base_recipes_r
     assert "holds recipe 'tiny-more', not 'tiny'" in capsys.readouterr().err
 
 
+def test_a_run_named_as_a_base_run_changes_it_in_place(tmp_path):
+    base = _write(tmp_path / "base.yaml", {k: v for k, v in TINY.items() if k != "pretrain"} | {
+        "runs": [{"name": "enc", "model": "tiny-encoder", "set": {"train.pos_weight": "sqrt"}},
+                 {"name": "tfidf", "model": "tfidf-lr", "set": {"model.path": "run:enc"}},
+                 {"name": "tfidf-2", "model": "tfidf-lr"}]})
+    child = load_recipe(_write(tmp_path / "child.yaml", {
+        "extends": "base.yaml",
+        "runs": [{"name": "enc", "set": {"train.epochs": 2}}, {"name": "tfidf-2", "model": "tiny-encoder"},
+                 {"name": "enc-3", "model": "tiny-encoder", "set": ["train.epochs=3"]}]}))
+    # where it stood (tfidf's `run:enc` still follows it), its model kept, its `set` after the base run's
+    assert [(r.name, r.model, r.set) for r in child.runs] == [
+        ("enc", "tiny-encoder", ("train.pos_weight=sqrt", "train.epochs=2")),
+        ("tfidf", "tfidf-lr", ("model.path=run:enc",)), ("tfidf-2", "tiny-encoder", ()),
+        ("enc-3", "tiny-encoder", ("train.epochs=3",))]
+    assert child.ensemble.runs == ("enc", "tfidf") and child.bases == ("tiny",)  # the base's ensemble, kept
+    base_recipe = load_recipe(base)  # the base file itself is unchanged
+    assert [r.set for r in base_recipe.runs][0] == ("train.pos_weight=sqrt",)
+    # a second run of that name is not a second change: the name appears twice; a bad `set` names its file
+    with pytest.raises(ConfigError, match="run name 'enc' appears twice"):
+        load_recipe(_write(tmp_path / "twice.yaml", {"extends": "base.yaml", "runs": [
+            {"name": "enc", "set": {"train.epochs": 2}}, {"name": "enc", "model": "tiny-encoder"}]}))
+    with pytest.raises(ConfigError, match=r"twice.yaml: runs\[enc\].set must be a mapping"):
+        load_recipe(_write(tmp_path / "twice.yaml", {"extends": "base.yaml", "runs": [{"name": "enc", "set": 3}]}))
+
+
 @pytest.mark.parametrize("raw, expected", [
     ({"extends": "missing.yaml"}, "extends missing.yaml, but"),
     ({"extends": "loop.yaml", "name": "loop"}, "leads back to loop.yaml (a cycle)"),
@@ -392,6 +417,11 @@ def test_shipped_recipes_load_validate_and_dry_run(name, capsys, monkeypatch):
     steps = recipe_steps(recipe, Path("runs") / "recipes" / name, "data/emotion-detection-fall-2024")
     configs = check_steps(recipe, steps)
     assert {c.cv.n_folds for c in configs.values() if c.data.competition == recipe.competition} == {recipe.folds}
+    if name == "cpu-best-amx":  # cpu-best.yaml's runs under bf16, its MPNet changed in place to 2 epochs
+        by_name = {s.name: configs[s.key] for s in steps if s.key in configs}
+        assert by_name["mpnet-ft"].train.epochs == 2 and {c.train.mixed_precision for c in by_name.values()} == {"bf16"}
+        best = load_recipe(ROOT / "configs" / "recipes" / "cpu-best.yaml")
+        assert [s.name for s in recipe.runs] == [s.name for s in best.runs] and recipe.ensemble == best.ensemble
     assert recipe_main([f"configs/recipes/{name}.yaml", "--dry-run", "--quiet"]) == 0
     out = capsys.readouterr().out
     # the planned peak a comment in the file states is the one the dry run prints now
