@@ -393,6 +393,12 @@ def test_a_run_named_as_a_base_run_changes_it_in_place(tmp_path):
             {"name": "enc", "set": {"train.epochs": 2}}, {"name": "enc", "model": "tiny-encoder"}]}))
     with pytest.raises(ConfigError, match=r"twice.yaml: runs\[enc\].set must be a mapping"):
         load_recipe(_write(tmp_path / "twice.yaml", {"extends": "base.yaml", "runs": [{"name": "enc", "set": 3}]}))
+    # a pretraining the same way
+    _write(tmp_path / "tiny.yaml", TINY)
+    more = load_recipe(_write(tmp_path / "more.yaml", {"extends": "tiny.yaml", "pretrain": [
+        {"name": "enc-tapt", "epochs": 2, "set": {"train.lr": 1e-4}}]}))
+    assert [(p.name, p.model, p.epochs, p.set) for p in more.pretrain] == [
+        ("enc-tapt", "tiny-encoder", 2, ("train.max_steps=2", "train.lr=0.0001"))]
 
 
 @pytest.mark.parametrize("raw, expected", [
