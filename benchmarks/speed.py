@@ -37,6 +37,10 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.inputs import Encoded
 from pipeline.precision import resolve_precision
 
+# Environment variables that cap the instruction set torch's CPU kernels, MKL (fp32 matmuls) and oneDNN (bf16) use:
+# all three set to AVX2 make an AVX-512 / AMX machine run as an AVX2 one (docs/BENCHMARKS.md, "The AVX2 class on an
+# AMX machine"). Recorded with the result, so a capped run is never read as the machine's own.
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
 N_VAL = 8  # rows train_fold validates on after the timed steps (it needs some); also its "test" rows
 NOTES = [
     "project training: train_fold with length-grouped batches; its validation and test prediction come after the "
@@ -464,7 +468,9 @@ def run_benchmark(args: argparse.Namespace, log=lambda line: print(line, file=sy
     return dict(
         started=started, finished=datetime.datetime.now().isoformat(timespec="seconds"),
         machine=dict(cpu=_cpu_name(), cores=os.cpu_count(), threads=torch.get_num_threads(),
-                     torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version()),
+                     torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
+                     kernels=torch.backends.cpu.get_cpu_capability(),
+                     isa_caps={k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}),
         load_average=dict(start=[round(x, 2) for x in load_start], end=[round(x, 2) for x in load_end],
                           busy=max(load_start[0], load_end[0]) > os.cpu_count() + 0.5),
         settings=dict(data_dir=str(args.data_dir), rows=rows, validation_rows=N_VAL, predict_rows=predict_rows,
@@ -489,8 +495,10 @@ def _cpu_name() -> str:
 def render(result: dict) -> str:
     """The result as a table a person reads."""
     m, s = result["machine"], result["settings"]
+    caps = " ".join(f"{k}={v}" for k, v in m.get("isa_caps", {}).items())
     lines = [f"speed on {m['cpu']} ({m['cores']} cores), {m['threads']} torch threads, torch {m['torch']}, "
              f"transformers {m['transformers']}, {s['precision']}",
+             f"torch CPU kernels: {m.get('kernels', '?')}" + (f"; instruction set capped by {caps}" if caps else ""),
              f"load average (1, 5, 15 min): start {result['load_average']['start']}, end {result['load_average']['end']}",
              f"rows: the first {s['rows']} of {s['data_dir']}/train.csv; prediction on the first {s['predict_rows']}",
              f"warm-up: {result['warmup']}",

@@ -122,8 +122,8 @@ def test_matmul_rate_is_positive_per_size(speed):
     assert gemm["best_gflops"] > 0
 
 
-def _run(args: list, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+def _run(args: list, cwd: Path, **env_vars) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", **env_vars)
     return subprocess.run([sys.executable, str(SCRIPT)] + args, capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=300)
 
@@ -161,6 +161,27 @@ def test_script_on_tiny_presets_writes_every_figure(tmp_path, comp_dir):
     assert isinstance(result["load_average"]["busy"], bool)
     assert len(result["ratios"]) == 4 and all(math.isfinite(v) and v > 0 for v in result["ratios"].values())
     assert "tiny-decoder" in done.stdout and "Trainer" in done.stdout and "prediction / training" in done.stdout
+    caps = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+            if os.environ.get(k)}  # none, unless the tests themselves run capped
+    assert result["machine"]["kernels"] == torch.backends.cpu.get_cpu_capability()
+    assert result["machine"]["isa_caps"] == caps and ("capped by" in done.stdout) == bool(caps)
+
+
+def test_an_instruction_set_capped_by_the_environment_is_recorded(tmp_path, comp_dir):
+    """ATEN_CPU_CAPABILITY / MKL_ENABLE_INSTRUCTIONS / ONEDNN_MAX_CPU_ISA (an AVX-512 machine run as an AVX2 one) are
+    written with the result and printed, so a capped run is never read as the machine's own speed."""
+    out = tmp_path / "speed.json"
+    caps = dict(ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")
+    done = _run(["--tiny", "--no-decoder", "--no-reference", "--data-dir", str(comp_dir), "--warmup", "1", "--steps",
+                 "2", "--predict-rows", "24", "--gemm-sizes", "32", "--gemm-seconds", "0.02", "--out", str(out)],
+                tmp_path, **caps)
+    assert done.returncode == 0, done.stderr[-3000:]
+    machine = json.loads(out.read_text())["machine"]
+    assert machine["isa_caps"] == caps
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # an x86 CPU with AVX2 at least
+        assert machine["kernels"] == "AVX2"
+    assert ("instruction set capped by ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2"
+            in done.stdout)
 
 
 def test_too_few_rows_is_one_line_naming_the_flag(speed, tmp_path, comp_dir, capsys):
