@@ -128,7 +128,7 @@ def _run(args: list, cwd: Path, **env_vars) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_script_on_tiny_presets_writes_every_figure(tmp_path, comp_dir):
+def test_script_on_tiny_presets_writes_every_figure(speed, tmp_path, comp_dir):
     out = tmp_path / "speed.json"
     done = _run(["--tiny", "--data-dir", str(comp_dir), "--warmup", "1", "--steps", "2", "--predict-rows", "24",
                  "--gemm-sizes", "32,64", "--gemm-seconds", "0.02", "--out", str(out)], tmp_path)
@@ -161,8 +161,7 @@ def test_script_on_tiny_presets_writes_every_figure(tmp_path, comp_dir):
     assert isinstance(result["load_average"]["busy"], bool)
     assert len(result["ratios"]) == 4 and all(math.isfinite(v) and v > 0 for v in result["ratios"].values())
     assert "tiny-decoder" in done.stdout and "Trainer" in done.stdout and "prediction / training" in done.stdout
-    caps = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
-            if os.environ.get(k)}  # none, unless the tests themselves run capped
+    caps = {k: os.environ[k] for k in speed.ISA_CAPS if os.environ.get(k)}  # none, unless the tests run capped
     assert result["machine"]["kernels"] == torch.backends.cpu.get_cpu_capability()
     assert result["machine"]["isa_caps"] == caps and ("capped by" in done.stdout) == bool(caps)
 
