@@ -48,6 +48,10 @@ class ModelConfig:
     # blocks whose targets get adapters (peft's layers_to_transform), e.g. '15-29' or '0,2,4'; None = every block.
     # Backward stops at the lowest one: SmolLM2's top 15 of 30 trained 1.36x faster (docs/BENCHMARKS.md)
     lora_layers: Optional[str] = None
+    # hidden states pooled into the vector the head reads, numbered as block outputs 1-n (0 = the embeddings), e.g.
+    # '1-12' or '6,9,12'; None = the last block's only. Frozen MPNet's mean of all 12: +0.022 (docs/BENCHMARKS.md)
+    feature_layers: Optional[str] = None
+    feature_combine: str = "mean"  # several feature_layers: 'mean' of their pooled vectors, or 'concat' (wider head)
     load_in_4bit: Optional[bool] = None  # QLoRA: NF4 4-bit weights, double quantization; None = preset's
     gradient_checkpointing: Optional[bool] = None  # recompute activations in backward; None = preset's
     padding_side: Optional[str] = None  # 'left' or 'right'; None = preset's
@@ -208,7 +212,7 @@ def _coerce(key: str, value: Any, annotation: Any, problems: list[str]) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
-        if key.endswith("lora_layers") and isinstance(value, int) and not isinstance(value, bool):
+        if key.endswith(("lora_layers", "feature_layers")) and isinstance(value, int) and not isinstance(value, bool):
             return str(value)  # one block: `lora_layers: 29`
         problems.append(f"{key} must be a string, got {value!r}")
     elif annotation is list:
@@ -310,6 +314,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if m.lora_alpha is not None and m.lora_alpha <= 0:
         p.append(f"model.lora_alpha must be > 0, got {m.lora_alpha}")
     p += _lora_layers_problems(m)
+    p += _feature_layers_problems(m)
     if m.prompt is not None and "{text}" not in m.prompt:
         p.append(f"model.prompt must contain {{text}} where the text goes, got {m.prompt!r}")
     for key in ("init_fold", "init_max_overlap"):
@@ -413,6 +418,30 @@ def _lora_layers_problems(m: ModelConfig) -> list:
     if n is not None and blocks[-1] >= n:
         return [f"model.lora_layers {m.lora_layers!r}: preset '{m.preset}' has {n} blocks, numbered 0-{n - 1}"]
     return []
+
+
+def _feature_layers_problems(m: ModelConfig) -> list:
+    """model.feature_layers: hidden states the preset has (0 to its block count), pooled by a classification head."""
+    p = []
+    if m.feature_combine not in ("mean", "concat"):
+        p.append(f"model.feature_combine must be mean or concat, got {m.feature_combine!r}")
+    if m.feature_layers is None:
+        return p
+    try:
+        layers = presets.parse_layers(m.feature_layers)
+    except ValueError as exc:
+        return p + [f"model.feature_layers {exc.args[0].replace('block numbers', 'layer numbers')}"]
+    if m.preset not in presets.PRESETS:
+        return p
+    preset = presets.PRESETS[m.preset]
+    if preset.kind == "tfidf" or (m.finetune or preset.finetune) == "generate":
+        return p + [f"model.feature_layers needs a classification head on a neural preset, not "
+                    f"{'preset ' + repr(m.preset) if preset.kind == 'tfidf' else 'model.finetune=generate'}"]
+    n = presets.block_count(preset)
+    if n is not None and layers[-1] > n:
+        p.append(f"model.feature_layers {m.feature_layers!r}: preset '{m.preset}' has hidden states 0-{n} "
+                 f"(0 = the embeddings, {n} = the last block's output)")
+    return p
 
 
 def _generate_problems(m: ModelConfig) -> list:

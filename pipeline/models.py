@@ -92,21 +92,30 @@ class SequenceClassifier(nn.Module):
     same positions as an unpadded one, and no key/value cache is built during training.
     """
 
-    def __init__(self, backbone: nn.Module, n_labels: int, pooling: str, dropout: float, decoder: bool = False):
+    def __init__(self, backbone: nn.Module, n_labels: int, pooling: str, dropout: float, decoder: bool = False,
+                 layers: tuple = (), combine: str = "mean"):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
         self.decoder = decoder
+        self.layers, self.combine = tuple(layers), combine  # model.feature_layers; () = the last hidden state
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.config.hidden_size, n_labels)
+        width = backbone.config.hidden_size * (len(self.layers) if combine == "concat" and self.layers else 1)
+        self.head = nn.Linear(width, n_labels)
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids, attention_mask: (batch, seq). Returns the pooled (batch, hidden) vectors."""
+        """input_ids, attention_mask: (batch, seq). Returns the pooled (batch, width) vectors: the last hidden
+        state's, or those of `layers` (hidden-state numbers, 0 = the embeddings) averaged or concatenated."""
         extra = {}
         if self.decoder:
             extra = {"position_ids": (attention_mask.long().cumsum(1) - 1).clamp(min=0), "use_cache": False}
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        return pool(hidden, attention_mask, self.pooling)
+        if self.layers:
+            extra["output_hidden_states"] = True
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        if not self.layers:
+            return pool(out.last_hidden_state, attention_mask, self.pooling)
+        pooled = [pool(out.hidden_states[i], attention_mask, self.pooling) for i in self.layers]
+        return torch.cat(pooled, -1) if self.combine == "concat" else torch.stack(pooled).mean(0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         pooled = self.features(input_ids, attention_mask)
@@ -298,8 +307,13 @@ def classifier_from_backbone(backbone, st: ModelSettings, n_labels: int, dropout
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if st.freeze_embeddings or st.finetune != "full":
         backbone.get_input_embeddings().weight.requires_grad_(False)
-    model = SequenceClassifier(backbone, n_labels, st.preset.pooling, dropout, decoder=st.preset.kind == "decoder")
+    model = SequenceClassifier(backbone, n_labels, st.preset.pooling, dropout, decoder=st.preset.kind == "decoder",
+                               layers=st.feature_layers, combine=st.feature_combine)
     if head is not None:
+        if head["weight"].shape[1] != model.head.in_features:
+            raise ConfigError(f"model.init_from's head reads {head['weight'].shape[1]} features and this run's "
+                              f"{model.head.in_features} (another model.feature_layers or feature_combine); set "
+                              f"model.init_head=false for a fresh head")
         model.head.load_state_dict(head)
     if st.finetune == "head":
         model.requires_grad_(False)

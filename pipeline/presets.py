@@ -233,6 +233,8 @@ class ModelSettings:
     max_length: int
     freeze_embeddings: bool
     lora_layers: tuple = ()  # block indices given adapters (sorted); () = every block
+    feature_layers: tuple = ()  # hidden states pooled into the features (0 = embeddings); () = the last block's
+    feature_combine: str = "mean"  # how several layers' pooled vectors combine: 'mean' or 'concat'
 
 
 def settings(cfg: ModelConfig) -> ModelSettings:
@@ -247,7 +249,9 @@ def settings(cfg: ModelConfig) -> ModelSettings:
                          tuple(pick("lora_targets")), bool(pick("load_in_4bit")), bool(pick("gradient_checkpointing")),
                          pick("padding_side"), bool(pick("append_eos")), pick("max_length"),
                          bool(pick("freeze_embeddings")),
-                         parse_layers(cfg.lora_layers) if cfg.lora_layers is not None else ())
+                         parse_layers(cfg.lora_layers) if cfg.lora_layers is not None else (),
+                         parse_layers(cfg.feature_layers) if cfg.feature_layers is not None else (),
+                         cfg.feature_combine)
 
 
 def parse_layers(spec) -> tuple:

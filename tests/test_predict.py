@@ -39,6 +39,10 @@ def preds_of(frame: pd.DataFrame, labels: list) -> np.ndarray:
     ("tiny-encoder", [], "model.safetensors"),  # full fine-tuning: every weight
     ("tiny-decoder", [], "adapter_model.safetensors"),  # LoRA adapters and head
     ("tiny-encoder", ["model.finetune=head"], "model.safetensors"),  # a head over frozen features
+    # several hidden states pooled (model.feature_layers): the kept model is rebuilt with the same layers
+    ("tiny-encoder", ["model.finetune=head", "model.feature_layers=0-2", "model.feature_combine=concat"],
+     "model.safetensors"),
+    ("tiny-decoder", ["model.feature_layers=1,2"], "adapter_model.safetensors"),
     ("tfidf-lr", [], "model.pkl"),
 ])
 def test_predicting_test_csv_reproduces_the_runs_test_probs(tmp_path, comp_dir, preset, extra, saved):
