@@ -222,7 +222,10 @@ def _count(backbone, published, settings, n_labels: int) -> ParamCounts:
     n_published = sum(p.numel() for p in published.parameters())
     hidden = backbone.config.hidden_size
     # generate mode has no classification head: the causal LM's own head writes the labels
-    head = 0 if settings.finetune == "generate" else hidden * n_labels + n_labels
+    # model.feature_combine=concat widens the head to every listed layer's pooled vector
+    width = hidden * (len(settings.feature_layers) if settings.feature_combine == "concat" and
+                      settings.feature_layers else 1)
+    head = 0 if settings.finetune == "generate" else width * n_labels + n_labels
     adapted = settings.finetune in ("lora", "generate")
     lora = lora_layers = quantizable = largest = 0
     for name, module in backbone.named_modules():
@@ -536,9 +539,12 @@ def _estimate(backbone, published, s, device: str, n_labels: int, batch: int, se
     autocast_copies = 2 * counts.quantizable if full and device == "cuda" else 0
     dequant = 2 * counts.largest_linear if s.load_in_4bit else 0
 
+    # model.feature_layers: a no-grad forward keeps every hidden state (embeddings and each block's output) until
+    # it returns, where it would free each after the next block; in training they are saved for backward anyway
+    states = (f.layers + 1) * f.hidden * prec.stream if s.feature_layers else 0
     if s.finetune == "head":
         acts = acts_ckpt = prediction = 0
-        workspace = int(tokens * _inference_workspace(f, prec, seq)) + dequant
+        workspace = int(tokens * (_inference_workspace(f, prec, seq) + states)) + dequant
     else:
         per_block = sum(layer_activation_terms(f, s, prec, seq).values())
         outside = _outside_blocks(f, s, prec)
@@ -553,7 +559,8 @@ def _estimate(backbone, published, s, device: str, n_labels: int, batch: int, se
         # checkpointing keeps each block's input and recomputes one block at a time during backward
         acts_ckpt = int(tokens * (kept * f.hidden * prec.stream + per_block + outside) + rotary)
         workspace = int(tokens * _backward_workspace(f, s, prec, seq)) + dequant
-        prediction = int(eval_batch * seq * _inference_workspace(f, prec, seq)) + dequant if eval_batch else 0
+        prediction = int(eval_batch * seq * (_inference_workspace(f, prec, seq) + states)) + dequant \
+            if eval_batch else 0
     logits = logits_workspace = kv_cache = 0
     if generate:
         logits, logits_workspace = plan_generate.logits_memory(tokens, f.vocab)

@@ -78,3 +78,25 @@ def test_a_head_started_from_another_width_is_refused_naming_the_setting():
     head = {k: v.clone() for k, v in model.head.state_dict().items()}  # reads 32 features; this config 64
     with pytest.raises(ConfigError, match=r"head reads 32 features and this run's 64 \(another model.feature_layers"):
         classifier_from_backbone(model.backbone, settings(cfg.model), 3, 0.1, head)
+
+
+@pytest.mark.parametrize("finetune", ["head", "full"])
+def test_the_dry_run_plans_every_hidden_state_a_no_grad_forward_keeps(finetune):
+    from pipeline import plan
+
+    base = load_config(None, ["model.preset=tiny-encoder", f"model.finetune={finetune}"])
+    wide = load_config(None, ["model.preset=tiny-encoder", f"model.finetune={finetune}", "model.feature_layers=0-2",
+                              "model.feature_combine=concat"])
+    a, b = plan.estimate_memory(base, "cpu"), plan.estimate_memory(wide, "cpu")
+    # what the forward holds when it returns: the hidden states it hands back, measured on the built model
+    model, ids, mask = built("tiny-encoder", "model.feature_layers=0-2")
+    with torch.no_grad():
+        states = model.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    per_token = sum(h.numel() * h.element_size() for h in states) // ids.numel()
+    assert per_token == 3 * 32 * 4  # hidden states 0-2 of a 2-block, 32-wide fp32 model
+    if finetune == "head":  # the features pass is the head run's only forward: its workspace grows by them
+        assert b.workspace - a.workspace == a.batch_size * a.max_length * per_token
+    else:  # training keeps them for backward anyway; the prediction pass now holds them all
+        assert (b.activations, b.workspace) == (a.activations, a.workspace)
+        assert b.prediction - a.prediction == a.eval_batch_size * a.max_length * per_token
+    assert b.trainable_weights - a.trainable_weights == 4 * (3 - 1) * 32 * 11  # the concat head: 3 x 32 inputs
