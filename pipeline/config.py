@@ -428,9 +428,9 @@ def _feature_layers_problems(m: ModelConfig) -> list:
     if m.feature_layers is None:
         return p
     try:
-        layers = presets.parse_layers(m.feature_layers)
+        layers = presets.parse_layers(m.feature_layers, "layer")
     except ValueError as exc:
-        return p + [f"model.feature_layers {exc.args[0].replace('block numbers', 'layer numbers')}"]
+        return p + [f"model.feature_layers {exc}"]
     if m.preset not in presets.PRESETS:
         return p
     preset = presets.PRESETS[m.preset]

@@ -93,15 +93,14 @@ class SequenceClassifier(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, n_labels: int, pooling: str, dropout: float, decoder: bool = False,
-                 layers: tuple = (), combine: str = "mean"):
+                 layers: tuple = (), combine: str = "mean", vectors: int = 1):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
         self.decoder = decoder
         self.layers, self.combine = tuple(layers), combine  # model.feature_layers; () = the last hidden state
         self.dropout = nn.Dropout(dropout)
-        width = backbone.config.hidden_size * (len(self.layers) if combine == "concat" and self.layers else 1)
-        self.head = nn.Linear(width, n_labels)
+        self.head = nn.Linear(backbone.config.hidden_size * vectors, n_labels)  # vectors: ModelSettings.pooled_vectors
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask: (batch, seq). Returns the pooled (batch, width) vectors: the last hidden
@@ -308,7 +307,7 @@ def classifier_from_backbone(backbone, st: ModelSettings, n_labels: int, dropout
     if st.freeze_embeddings or st.finetune != "full":
         backbone.get_input_embeddings().weight.requires_grad_(False)
     model = SequenceClassifier(backbone, n_labels, st.preset.pooling, dropout, decoder=st.preset.kind == "decoder",
-                               layers=st.feature_layers, combine=st.feature_combine)
+                               layers=st.feature_layers, combine=st.feature_combine, vectors=st.pooled_vectors)
     if head is not None:
         if head["weight"].shape[1] != model.head.in_features:
             raise ConfigError(f"model.init_from's head reads {head['weight'].shape[1]} features and this run's "

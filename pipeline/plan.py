@@ -223,9 +223,7 @@ def _count(backbone, published, settings, n_labels: int) -> ParamCounts:
     hidden = backbone.config.hidden_size
     # generate mode has no classification head: the causal LM's own head writes the labels
     # model.feature_combine=concat widens the head to every listed layer's pooled vector
-    width = hidden * (len(settings.feature_layers) if settings.feature_combine == "concat" and
-                      settings.feature_layers else 1)
-    head = 0 if settings.finetune == "generate" else width * n_labels + n_labels
+    head = 0 if settings.finetune == "generate" else hidden * settings.pooled_vectors * n_labels + n_labels
     adapted = settings.finetune in ("lora", "generate")
     lora = lora_layers = quantizable = largest = 0
     for name, module in backbone.named_modules():

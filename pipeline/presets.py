@@ -236,6 +236,11 @@ class ModelSettings:
     feature_layers: tuple = ()  # hidden states pooled into the features (0 = embeddings); () = the last block's
     feature_combine: str = "mean"  # how several layers' pooled vectors combine: 'mean' or 'concat'
 
+    @property
+    def pooled_vectors(self) -> int:
+        """How many hidden-size vectors the head reads side by side: the feature layers' count under concat, else 1."""
+        return len(self.feature_layers) if self.feature_combine == "concat" and self.feature_layers else 1
+
 
 def settings(cfg: ModelConfig) -> ModelSettings:
     """Fill the config's unset model fields from the preset."""
@@ -254,13 +259,14 @@ def settings(cfg: ModelConfig) -> ModelSettings:
                          cfg.feature_combine)
 
 
-def parse_layers(spec) -> tuple:
-    """Block indices from '15-29', '0,2,4' or '0-3,8' (sorted, without repeats); ValueError naming the spec."""
+def parse_layers(spec, unit: str = "block") -> tuple:
+    """Indices from '15-29', '0,2,4' or '0-3,8' (sorted, without repeats); ValueError naming the spec and what
+    the numbers count (`unit`: 'block' for model.lora_layers, 'layer' for model.feature_layers)."""
     blocks: set = set()
     for part in str(spec).split(","):
         bounds = part.strip().split("-")
         if len(bounds) not in (1, 2) or not all(b.strip().isdigit() for b in bounds):
-            raise ValueError(f"must list block numbers like '15-29' or '0,2,4', got {spec!r}")
+            raise ValueError(f"must list {unit} numbers like '15-29' or '0,2,4', got {spec!r}")
         low, high = int(bounds[0]), int(bounds[-1])
         if low > high:
             raise ValueError(f"has a range running backwards ({part.strip()!r}) in {spec!r}")
