@@ -8,8 +8,8 @@ training adds the input gradients, 2 per weight, and the weight gradients, 2 per
 full fine-tune, about 4N under LoRA; attention QK^T and AV over the T keys of each text, 3x in training),
 counted twice: on the tokens computed (every batch padded to its longest text) and on the real tokens (the
 attention-mask ones). Warm-up (the first optimizer steps, one prediction batch) runs first and is not timed.
-`--mixed-precision bf16` (a CPU with AMX) runs every loop, the Trainer's too, under bf16 autocast and takes the
-bf16 matmul rate as the limit.
+`--mixed-precision bf16` (a CPU with native bf16: AMX or AVX-512 bf16) runs every loop, the Trainer's too, under
+bf16 autocast and takes the bf16 matmul rate as the limit.
 
     python benchmarks/speed.py --data-dir ../shared/data/emotion-detection-fall-2024 --out runs/speed.json
 """
@@ -421,7 +421,7 @@ def run_benchmark(args: argparse.Namespace, log=lambda line: print(line, file=sy
     configs = [_loop_config(args.config, encoder_preset, args.warmup, args.steps, args.mixed_precision)]
     if decoder_preset:
         configs.append(_loop_config(None, decoder_preset, args.warmup, args.steps, args.mixed_precision))
-    resolve_precision(args.mixed_precision)  # bf16 needs AMX: refused before anything is measured
+    resolve_precision(args.mixed_precision)  # bf16 needs native bf16: refused before anything is measured
     dtype = {"no": torch.float32, "bf16": torch.bfloat16}[args.mixed_precision]
     kind = {"no": "fp32", "bf16": "bf16"}[args.mixed_precision]
     # one epoch must hold warm-up + timed steps (an epoch's end validates, which is not training)
@@ -565,7 +565,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gemm-seconds", type=float, default=1.5, help="seconds of matmuls per size (default: 1.5)")
     p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
                    help="train.mixed_precision of every loop, the Trainer's included, and the dtype of the matmul\n"
-                        "limit (default: no, fp32; bf16 needs a CPU with AMX)")
+                        "limit (default: no, fp32; bf16 needs a CPU with native bf16)")
     p.add_argument("--out", default="runs/speed.json", help="JSON result (default: runs/speed.json)")
     return p
 

@@ -83,7 +83,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping norm (0 = off)
     patience: int = 1  # epochs without improvement before early stopping (0 = off)
     pos_weight: str = "full"  # per-class BCE positive weight: 'full', 'sqrt' or 'none'
-    mixed_precision: str = "auto"  # 'auto' (bf16/fp16 on GPU, fp32 on CPU), 'no', 'fp16', 'bf16' (GPU, AMX CPU)
+    mixed_precision: str = "auto"  # 'auto' (bf16/fp16 GPU, fp32 CPU), 'no', 'fp16', 'bf16' (GPU; CPU: AMX, avx512_bf16)
     length_grouped: bool = True  # batch texts of similar length together (less padding)
     num_workers: int = 0  # DataLoader worker processes
     save_models: Optional[bool] = True  # keep each fold's trained model in folds/fold_<k>/model/ (for predict.py)

@@ -169,7 +169,7 @@ def check_weights(recipe: Recipe, steps: list, configs: dict) -> None:
 
 
 def check_precision(recipe: Recipe, steps: list, configs: dict) -> None:
-    """Every step's train.mixed_precision runs on this machine (bf16 on a CPU needs AMX), before anything trains."""
+    """Every step's train.mixed_precision runs on this machine (CPU bf16 needs native bf16), before anything trains."""
     from pipeline.precision import resolve_precision
 
     _check_each(recipe, steps, configs, lambda cfg: resolve_precision(cfg.train.mixed_precision))

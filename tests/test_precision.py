@@ -1,5 +1,5 @@
-"""pipeline/precision.py: bf16 on a CPU only with AMX (read from the CPU's flags), the reason when refused, and
-eager attention for training under CPU bf16 (SDPA's CPU backward in bf16 is ~12x slower)."""
+"""pipeline/precision.py: bf16 on a CPU only with native bf16, AMX or AVX-512 bf16 (read from the CPU's flags), the
+reason when refused, and eager attention for training under CPU bf16 (SDPA's CPU backward in bf16 is ~12x slower)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -21,24 +21,29 @@ def _cpuinfo(tmp_path, flags: str) -> str:
     return str(path)
 
 
-def test_amx_is_read_from_the_cpu_flags(tmp_path):
-    for name in ("amx", "avx"):
-        (tmp_path / name).mkdir()
-    assert precision.cpu_has_amx_bf16(_cpuinfo(tmp_path / "amx", "fpu sse2 avx2 avx512f amx_bf16 amx_tile amx_int8"))
-    assert not precision.cpu_has_amx_bf16(_cpuinfo(tmp_path / "avx", "fpu sse2 avx2 fma avx512_bf16"))
-    assert not precision.cpu_has_amx_bf16(str(tmp_path / "missing"))
+@pytest.mark.parametrize("flags, found", [
+    ("fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", "amx_bf16"),  # Sapphire Rapids
+    ("fpu sse2 avx2 fma avx512f avx512_bf16 avx512_vnni", "avx512_bf16"),  # AMD Zen 4, no AMX
+    ("fpu sse2 avx2 fma avx512f avx512_vnni", None),  # AVX-512 without bf16 (Ice Lake, Zen 3 has no AVX-512)
+    ("fpu sse2 avx2 fma avx_vnni", None),  # an AVX2 machine
+])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, found):
+    precision.cpu_bf16_flag.cache_clear()
+    assert precision.cpu_bf16_flag(_cpuinfo(tmp_path, flags)) == found
+    assert precision.cpu_bf16_flag(str(tmp_path / "missing")) is None
 
 
 @no_gpu
-def test_cpu_bf16_needs_amx_and_says_why(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_has_amx_bf16", lambda: False)
+def test_cpu_bf16_needs_native_bf16_and_says_why(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_bf16_flag", lambda: None)
     assert precision.resolve_precision("auto") == "no" and precision.resolve_precision("no") == "no"
-    with pytest.raises(ConfigError, match=r"bf16 needs a CUDA GPU or a CPU with AMX .*150x slower"):
+    with pytest.raises(ConfigError, match=r"bf16 needs a CUDA GPU or a CPU with native bf16 .*150x slower"):
         precision.resolve_precision("bf16")
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         precision.resolve_precision("fp16")
-    monkeypatch.setattr(precision, "cpu_has_amx_bf16", lambda: True)
-    assert precision.resolve_precision("bf16") == "bf16"
+    for flag in precision.BF16_CPU_FLAGS:
+        monkeypatch.setattr(precision, "cpu_bf16_flag", lambda flag=flag: flag)
+        assert precision.resolve_precision("bf16") == "bf16"
     assert precision.resolve_precision("auto") == "no"  # fp32 stays the CPU default: bf16 is asked for
 
 
@@ -59,7 +64,7 @@ def test_training_under_cpu_bf16_uses_eager_attention(mixed, device, eager):
 
 
 @no_gpu
-@pytest.mark.skipif(not precision.cpu_has_amx_bf16(), reason="this CPU has no AMX: bf16 is refused here")
+@pytest.mark.skipif(precision.cpu_bf16_flag() is None, reason="this CPU has no native bf16: bf16 is refused here")
 def test_train_fold_under_cpu_bf16_trains_on_eager_attention_and_predicts_finite_logits(monkeypatch):
     import pipeline.train as train
     from conftest import make_frames

@@ -322,20 +322,21 @@ def test_missing_packaged_weights_stop_the_recipe_before_anything_trains(tmp_pat
     assert [len(s.calls) for s in spies.values()] == [0, 0, 0] and not (rd / "runs").exists()
 
 
-def test_bf16_on_a_cpu_without_amx_stops_the_recipe_before_anything_trains(tmp_path, comp_dir, spies, capsys,
-                                                                            monkeypatch):
+def test_bf16_on_a_cpu_without_native_bf16_stops_the_recipe_before_anything_trains(tmp_path, comp_dir, spies, capsys,
+                                                                                    monkeypatch):
     from pipeline import precision
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: bf16 runs there")
-    monkeypatch.setattr(precision, "cpu_has_amx_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_flag", lambda: None)
     raw = {**TINY, "set": {**TINY["set"], "train.mixed_precision": "bf16"}}
     recipe, rd = _write(tmp_path / "tiny.yaml", raw), tmp_path / "rd"
     assert recipe_main(_argv(recipe, comp_dir, rd)) == 2
     err = capsys.readouterr().err.strip()
     # the same reason once, after the runs it refuses (TF-IDF's too: the recipe-wide `set` reaches it)
-    assert len(err.splitlines()) == 1 and str(recipe) in err and err.count("a CPU with AMX") == 1
-    assert "runs[0] (enc), runs[1] (tfidf): train.mixed_precision=bf16 needs a CUDA GPU or a CPU with AMX" in err
+    assert len(err.splitlines()) == 1 and str(recipe) in err and err.count("a CPU with native bf16") == 1
+    assert ("runs[0] (enc), runs[1] (tfidf): train.mixed_precision=bf16 needs a CUDA GPU or a CPU with native bf16"
+            in err)
     assert [len(s.calls) for s in spies.values()] == [0, 0, 0] and not (rd / "runs").exists()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.precision import cpu_has_amx_bf16
+from pipeline.precision import cpu_bf16_flag
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "speed.py"
@@ -192,18 +192,20 @@ def test_too_few_rows_is_one_line_naming_the_flag(speed, tmp_path, comp_dir, cap
     assert "tiny-encoder needs 48" in err[0] and "tiny-decoder needs 24" in err[0] and not out.exists()
 
 
-def test_bf16_without_amx_is_refused_before_anything_is_measured(speed, tmp_path, comp_dir, capsys, monkeypatch):
+def test_bf16_without_native_bf16_is_refused_before_anything_is_measured(speed, tmp_path, comp_dir, capsys,
+                                                                         monkeypatch):
     import pipeline.precision as precision
 
-    monkeypatch.setattr(precision, "cpu_has_amx_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_flag", lambda: None)
     out = tmp_path / "speed.json"
     code = speed.main(["--tiny", "--data-dir", str(comp_dir), "--mixed-precision", "bf16", "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "bf16 needs a CUDA GPU or a CPU with AMX" in err[0] and not out.exists()
+    assert code == 2 and len(err) == 1 and not out.exists()
+    assert "bf16 needs a CUDA GPU or a CPU with native bf16" in err[0]
 
 
-@pytest.mark.skipif(torch.cuda.is_available() or not cpu_has_amx_bf16(), reason="bf16 on a CPU needs AMX")
-def test_script_under_bf16_on_an_amx_cpu(tmp_path, comp_dir):
+@pytest.mark.skipif(torch.cuda.is_available() or cpu_bf16_flag() is None, reason="bf16 on a CPU needs native bf16")
+def test_script_under_bf16_on_a_cpu_with_native_bf16(tmp_path, comp_dir):
     out = tmp_path / "speed.json"
     done = _run(["--tiny", "--no-decoder", "--mixed-precision", "bf16", "--data-dir", str(comp_dir), "--warmup", "1",
                  "--steps", "2", "--predict-rows", "24", "--gemm-sizes", "32", "--gemm-seconds", "0.02",
