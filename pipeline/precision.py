@@ -7,7 +7,8 @@ Xeon of the 4th generation and later, `amx_bf16` in /proc/cpuinfo) or with AVX-5
 and later, Intel Cooper Lake: `avx512_bf16`). On a 2-core AMX machine MiniLM-L6, SmolLM2 LoRA and MPNet trained
 1.5-2x faster than in fp32 with scores within fold-to-fold noise (docs/BENCHMARKS.md, "bf16 on a CPU with AMX");
 on a 2-core AMD EPYC with `avx512_bf16` and no AMX bf16 matrix products ran 2.1-2.5x fp32's rate ("bf16 with
-AVX-512 bf16, no AMX"). On a CPU with neither (the AVX2 machines here) bf16 matrix products run about 150x slower
+AVX-512 bf16, no AMX"), while an AMX Xeon with oneDNN capped to AVX-512 bf16 ran them below fp32's rate (stop 43):
+on an Intel CPU without AMX, `benchmarks/speed.py --mixed-precision bf16` tells first. On a CPU with neither (the AVX2 machines here) bf16 matrix products run about 150x slower
 than fp32, so it is refused with that reason.
 
 PyTorch's fused SDPA attention on CPU runs its backward about 12x slower in bf16 than in fp32 (measured on
