@@ -5,8 +5,11 @@ a recipe's one-fold stages, its TF-IDF run and its frozen-backbone heads, each l
 that gains little. Here every unfinished run of a recipe becomes tasks for one pool of N worker processes with
 cores/N torch threads each: one task per missing fold, or the whole run where its folds gain nothing from
 training at once (pipeline/fold_jobs.py says which), then the run's assembly. A run's tasks are ready once every
-run it names (`run:<name>` in its settings: model.init_from, data.pseudo_label_from) is finished; ready tasks
-start in the recipe's order, assemblies first. Each task does what `run_cv.py ... --fold K` (then `run_cv.py ...`)
+run it names (`run:<name>` in its settings: model.init_from, data.pseudo_label_from) is finished. Assemblies
+start first (they are short and finish runs others wait for); then the ready run with the most compute ahead
+gives the next fold: its own folds left plus the longest chain of runs waiting on it, estimated in FLOPs
+(pipeline/run_cost.py), ties in the recipe's order. So the long runs start at once and short ones fill the
+gaps at the end, instead of a long run's last fold training alone while the other workers sit idle. Each task does what `run_cv.py ... --fold K` (then `run_cv.py ...`)
 does, in a fresh process of its own, into the run's own directory, so a stopped recipe resumes as it does without
 the pool.
 
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from pipeline import process_memory
+from pipeline import process_memory, run_cost
 from pipeline.fold_jobs import _train_one, cores, why_not_concurrent, worker_pool
 from pipeline.run_layout import fold_finished
 
@@ -51,6 +54,7 @@ class _Run:
     cfg: object  # its RunConfig
     folds: list  # fold tasks left (None: the whole run as one task)
     assemble: bool  # an assembly task follows the folds
+    task_cost: float = 0.0  # estimated FLOPs of one of its fold tasks (pipeline/run_cost.py)
     running: int = 0  # its tasks in the pool now
     worker_seconds: float = 0.0  # its finished tasks' own seconds in the workers
     worker_peak: Optional[int] = None  # the largest resident peak of its tasks' workers, bytes (None: unknown)
@@ -63,11 +67,11 @@ class _Run:
 def _plan(step, cfg) -> _Run:
     run_dir = Path(step.output)
     if step.fold is not None:  # a one-fold stage: that fold, never assembled
-        return _Run(step, cfg, [step.fold], assemble=False)
+        return _Run(step, cfg, [step.fold], assemble=False, task_cost=run_cost.fold_cost(cfg))
     if why_not_concurrent(cfg):  # TF-IDF, a frozen head: the run in one task, as run_cv.py does it
-        return _Run(step, cfg, [None], assemble=False)
+        return _Run(step, cfg, [None], assemble=False, task_cost=run_cost.run_cost(cfg))
     missing = [k for k in range(cfg.cv.n_folds) if not fold_finished(run_dir, k)]
-    return _Run(step, cfg, missing, assemble=True)
+    return _Run(step, cfg, missing, assemble=True, task_cost=run_cost.fold_cost(cfg))
 
 
 def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
@@ -89,6 +93,11 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
     n_tasks = sum(len(r.folds) + r.assemble for r in runs)
     log.info("%d runs of the recipe in one pool: %d tasks on %d processes of %d torch thread%s", len(runs), n_tasks,
              jobs, threads, "s" if threads > 1 else "")
+    total = sum(r.task_cost * len(r.folds) for r in runs)
+    if total:
+        log.info("estimated compute (the longest chains start first): %s", ", ".join(
+            f"{r.name} {100 * r.task_cost * len(r.folds) / total:.0f} %" for r in
+            sorted(runs, key=lambda r: -r.task_cost * len(r.folds))))
     seconds, failed, running = {}, None, {}
     last_end = pool_start = time.perf_counter()
     with worker_pool(jobs, threads) as pool:
@@ -143,15 +152,24 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
 
 def _next_task(runs: list, waiting: dict):
     """(run, fold, is_assembly) to start next, or None: a ready run's assembly once its folds are all done first,
-    then the first ready run's next fold, in the recipe's order (ready: the runs it names are finished)."""
+    then the next fold of the ready run with the most compute ahead (_ahead), the first in the recipe's order
+    among equals (ready: the runs it names are finished)."""
     for run in runs:
         if run.assemble and not run.folds and not run.running and not waiting[run.name]:
             run.assemble = False
             return run, None, True
-    for run in runs:
-        if run.folds and not waiting[run.name]:
-            return run, run.folds.pop(0), False
-    return None
+    ready = [run for run in runs if run.folds and not waiting[run.name]]
+    if not ready:
+        return None
+    run = max(ready, key=lambda r: _ahead(r, runs, waiting))  # max keeps the first of equals
+    return run, run.folds.pop(0), False
+
+
+def _ahead(run: _Run, runs: list, waiting: dict) -> float:
+    """Estimated FLOPs from `run`'s next fold to the end of the longest chain through it: its folds left, then
+    the costliest run waiting on it (and so on down)."""
+    after = [_ahead(r, runs, waiting) for r in runs if run.name in waiting[r.name]]
+    return run.task_cost * len(run.folds) + max(after, default=0.0)
 
 
 def _headline(run: _Run) -> str:

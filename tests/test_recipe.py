@@ -416,7 +416,7 @@ def test_a_bad_extends_is_a_one_line_error(tmp_path, comp_dir, raw, expected, ca
         parse_recipe(TINY | {"extends": "tiny.yaml"}, "bare")
 
 
-@pytest.mark.parametrize("name", ["cpu-2h", "cpu-best", "cpu-best-amx", "gpu"])
+@pytest.mark.parametrize("name", ["cpu-2h", "cpu-best", "cpu-best-amx", "cpu-bf16", "gpu"])
 def test_shipped_recipes_load_validate_and_dry_run(name, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)  # config paths in a recipe are relative to the checkout
     recipe = load_recipe(ROOT / "configs" / "recipes" / f"{name}.yaml")
@@ -429,6 +429,14 @@ def test_shipped_recipes_load_validate_and_dry_run(name, capsys, monkeypatch):
         assert by_name["mpnet-ft"].train.epochs == 2 and {c.train.mixed_precision for c in by_name.values()} == {"bf16"}
         best = load_recipe(ROOT / "configs" / "recipes" / "cpu-best.yaml")
         assert [s.name for s in recipe.runs] == [s.name for s in best.runs] and recipe.ensemble == best.ensemble
+    if name == "cpu-bf16":  # cpu-best-amx.yaml's runs but its student, the same settings (its runs are reused)
+        amx = load_recipe(ROOT / "configs" / "recipes" / "cpu-best-amx.yaml")
+        amx_steps = recipe_steps(amx, Path("runs") / "recipes" / name, "data/emotion-detection-fall-2024")
+        amx_configs = check_steps(amx, amx_steps)
+        assert [s.name for s in recipe.runs] == [s.name for s in amx.runs if s.name != "minilm-pseudo"]
+        assert ({s.name: configs[s.key] for s in steps if s.key in configs}
+                == {s.name: amx_configs[s.key] for s in amx_steps if s.key in amx_configs and s.name != "minilm-pseudo"})
+        assert "minilm-goemo" in recipe.ensemble.runs and "minilm-pseudo" not in recipe.ensemble.runs
     assert recipe_main([f"configs/recipes/{name}.yaml", "--dry-run", "--quiet"]) == 0
     out = capsys.readouterr().out
     # the planned peak a comment in the file states is the one the dry run prints now

@@ -129,7 +129,7 @@ class _Step:
         self.name, self.key, self.fold, self.after, self.output = name, f"runs[{name}]", fold, after, output
 
 
-def test_tasks_start_in_the_recipe_order_once_ready_assemblies_first(tmp_path, comp_dir):
+def test_tasks_of_equal_cost_start_in_the_recipe_order_once_ready_assemblies_first(tmp_path, comp_dir):
     from test_cv import tiny_cfg
 
     cfg = tiny_cfg(comp_dir)
@@ -153,6 +153,30 @@ def test_tasks_start_in_the_recipe_order_once_ready_assemblies_first(tmp_path, c
     waiting["b"] = []
     assert [(r.name, k, assembly) for r, k, assembly in [_next_task(runs, waiting)]] == [("a", None, True)]
     assert _next_task(runs, waiting)[:2] == (runs[1], 0)
+
+
+def test_the_longest_chain_of_estimated_compute_starts_first(comp_dir):
+    from test_cv import tiny_cfg
+
+    cfg = tiny_cfg(comp_dir)
+    # a short run that a long one waits on, a middling one, a free one (TF-IDF): FLOPs per fold task
+    runs = [_Run(_Step("free"), cfg, [None], False, task_cost=0.0),
+            _Run(_Step("short"), cfg, [0, 1], True, task_cost=1.0),
+            _Run(_Step("middle"), cfg, [0, 1, 2], True, task_cost=5.0),
+            _Run(_Step("long", after=("short",)), cfg, [0, 1], True, task_cost=10.0)]
+    waiting = {"free": [], "short": [], "middle": [], "long": ["short"]}
+    picked = []
+    while (task := _next_task(runs, waiting)) is not None:
+        task[0].running += 1  # as the pool does: no assembly while a run's folds are running
+        picked.append(task[0].name)
+    # short's 2 + 20 waiting on it lead middle's 15 until one fold of short is left (1 + 20 > 15), then middle's
+    # folds, the free run last; long waits for short
+    assert picked == ["short", "short", "middle", "middle", "middle", "free"]
+    for run in runs:
+        run.assemble, run.running = False, 0
+    waiting["long"] = []
+    runs[3].folds, runs[2].folds = [0, 1], [0]
+    assert [_next_task(runs, waiting)[0].name for _ in range(3)] == ["long", "long", "middle"]
 
 
 def test_the_pool_is_for_cpus_only(monkeypatch):
