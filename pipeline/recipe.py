@@ -25,7 +25,7 @@ from pipeline.cli import _guard, _setup_logging
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import atomic_write_json
 from pipeline.recipe_file import REF_PREFIXES, Recipe, load_recipe, ref_values
-from pipeline.recipe_jobs import pool_applies, train_runs_at_once
+from pipeline.recipe_jobs import compute_shares, plan_runs, pool_applies, train_runs_at_once
 from pipeline.run_layout import fold_finished
 
 log = logging.getLogger("pipeline")
@@ -445,6 +445,8 @@ def dry_run(recipe: Recipe, steps: list) -> None:
         cards = [f"{c} GB" for c in CARDS_GIB if est.fits(c)]
         print(f"  {step.name:24s} {cfg.model.preset:24s} {gib(est.total()):>10s}   fits: "
               f"{', '.join(cards) or 'none of ' + ', '.join(f'{c} GB' for c in CARDS_GIB)}")
+    runs = plan_runs([s for s in steps if s.kind == "run"], configs)
+    print(f"\nEstimated compute per run (a CPU pool, --jobs 2+, starts the longest first):\n  {compute_shares(runs)}")
 
 
 def recipe_parser() -> argparse.ArgumentParser:

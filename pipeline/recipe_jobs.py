@@ -93,11 +93,8 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
     n_tasks = sum(len(r.folds) + r.assemble for r in runs)
     log.info("%d runs of the recipe in one pool: %d tasks on %d processes of %d torch thread%s", len(runs), n_tasks,
              jobs, threads, "s" if threads > 1 else "")
-    total = sum(r.task_cost * len(r.folds) for r in runs)
-    if total:
-        log.info("estimated compute (the longest chains start first): %s", ", ".join(
-            f"{r.name} {100 * r.task_cost * len(r.folds) / total:.0f} %" for r in
-            sorted(runs, key=lambda r: -r.task_cost * len(r.folds))))
+    if any(r.task_cost for r in runs):
+        log.info("estimated compute (the longest chains start first): %s", compute_shares(runs))
     seconds, failed, running = {}, None, {}
     last_end = pool_start = time.perf_counter()
     with worker_pool(jobs, threads) as pool:
@@ -148,6 +145,20 @@ def train_runs_at_once(steps: list, configs: dict, finished, jobs: int) -> dict:
     finished_runs = [r for r in runs if r.step.key in seconds]
     return {"seconds": seconds, "worker_seconds": {r.step.key: r.worker_seconds for r in finished_runs},
             "worker_peak": {r.step.key: r.worker_peak for r in finished_runs}, "failed": failed}
+
+
+def plan_runs(steps: list, configs: dict) -> list:
+    """A _Run for each run step, its unfinished folds as tasks (every fold in an empty recipe directory)."""
+    return [_plan(s, configs[s.key]) for s in steps]
+
+
+def compute_shares(runs: list) -> str:
+    """'mpnet-ft 57 %, smollm2-lora 28 %, ...': each run's share of the estimated FLOPs left, largest first."""
+    total = sum(r.task_cost * len(r.folds) for r in runs)
+    if not total:
+        return "not estimated (no texts read: is the data folder there?)"
+    ranked = sorted(runs, key=lambda r: -r.task_cost * len(r.folds))
+    return ", ".join(f"{r.name} {100 * r.task_cost * len(r.folds) / total:.0f} %" for r in ranked)
 
 
 def _next_task(runs: list, waiting: dict):

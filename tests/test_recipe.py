@@ -17,6 +17,7 @@ from pipeline import pretrain as pretrain_mod
 from pipeline.errors import ConfigError, RunDirError
 from pipeline.recipe import RECORD, SUBMISSION, check_same_folds, check_steps, recipe_main, recipe_steps
 from pipeline.recipe_file import load_recipe, parse_recipe
+from pipeline.recipe_jobs import compute_shares, plan_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -417,7 +418,7 @@ def test_a_bad_extends_is_a_one_line_error(tmp_path, comp_dir, raw, expected, ca
 
 
 @pytest.mark.parametrize("name", ["cpu-2h", "cpu-best", "cpu-best-amx", "cpu-bf16", "gpu"])
-def test_shipped_recipes_load_validate_and_dry_run(name, capsys, monkeypatch):
+def test_shipped_recipes_load_validate_and_dry_run(name, capsys, monkeypatch, tmp_path, comp_dir):
     monkeypatch.chdir(ROOT)  # config paths in a recipe are relative to the checkout
     recipe = load_recipe(ROOT / "configs" / "recipes" / f"{name}.yaml")
     assert recipe.name == name
@@ -437,8 +438,14 @@ def test_shipped_recipes_load_validate_and_dry_run(name, capsys, monkeypatch):
         assert ({s.name: configs[s.key] for s in steps if s.key in configs}
                 == {s.name: amx_configs[s.key] for s in amx_steps if s.key in amx_configs and s.name != "minilm-pseudo"})
         assert "minilm-goemo" in recipe.ensemble.runs and "minilm-pseudo" not in recipe.ensemble.runs
+        # on the competition's texts the pool starts MPNet's 2-epoch folds first, TF-IDF last
+        on_texts = recipe_steps(recipe, tmp_path, str(comp_dir))
+        shares = compute_shares(plan_runs([s for s in on_texts if s.kind == "run"], check_steps(recipe, on_texts)))
+        assert shares.startswith("mpnet-ft ") and shares.endswith("tfidf 0 %")
     assert recipe_main([f"configs/recipes/{name}.yaml", "--dry-run", "--quiet"]) == 0
     out = capsys.readouterr().out
+    # no data/ in the checkout: nothing to estimate a run's compute from (tests/test_run_cost.py has it)
+    assert re.search(r"Estimated compute per run .*\n  not estimated \(no texts read", out)
     # the planned peak a comment in the file states is the one the dry run prints now
     text = (ROOT / "configs" / "recipes" / f"{name}.yaml").read_text()
     stated = re.findall(r"- name: (\S+)\s+#.*planned peak ([\d.]+ GiB)", text)
