@@ -1,17 +1,17 @@
 """A recipe's runs trained as one pool of fold tasks on a CPU (`run_recipe.py --jobs N`).
 
 `run_cv.py --jobs N` trains one run's folds N at a time, in waves: a 5-fold run's last fold trains alone, and so do
-a recipe's one-fold stages, its TF-IDF run and its frozen-backbone heads, each leaving cores to a second thread
-that gains little. Here every unfinished run of a recipe becomes tasks for one pool of N worker processes with
-cores/N torch threads each: one task per missing fold, or the whole run where its folds gain nothing from
-training at once (pipeline/fold_jobs.py says which), then the run's assembly. A run's tasks are ready once every
-run it names (`run:<name>` in its settings: model.init_from, data.pseudo_label_from) is finished. Assemblies
-start first (they are short and finish runs others wait for); then the ready run with the most compute ahead
-gives the next fold: its own folds left plus the longest chain of runs waiting on it, estimated in FLOPs
-(pipeline/run_cost.py), ties in the recipe's order. So the long runs start at once and short ones fill the
-gaps at the end, instead of a long run's last fold training alone while the other workers sit idle. Each task does what `run_cv.py ... --fold K` (then `run_cv.py ...`)
-does, in a fresh process of its own, into the run's own directory, so a stopped recipe resumes as it does without
-the pool.
+a recipe's one-fold stages, its TF-IDF run and its frozen-backbone heads, each leaving cores to a second thread that
+gains little. Here every unfinished run of a recipe becomes tasks for one pool of N worker processes with cores/N
+torch threads each: one task per missing fold, or the whole run where its folds gain nothing from training at once
+(pipeline/fold_jobs.py says which), then the run's assembly. A run's tasks are ready once every run it names
+(`run:<name>` in its settings: model.init_from, data.pseudo_label_from) is finished. Assemblies start first (they
+are short and finish runs others wait for); then the ready run with the most compute ahead gives the next fold: its
+own folds left plus the longest chain of runs waiting on it, estimated in FLOPs (pipeline/run_cost.py), ties in the
+recipe's order. So the long runs start at once and short ones fill the gaps at the end, instead of a long run's last
+fold training alone while the other workers sit idle. Each task does what `run_cv.py ... --fold K` (then
+`run_cv.py ...`) does, in a fresh process of its own, into the run's own directory, so a stopped recipe resumes as
+it does without the pool.
 
 A failing task stops new ones from starting; the running ones finish (their folds are kept) and the recipe stops
 with the failure. Used only on a CPU: with a GPU each run gets `--jobs` as the command line shows.

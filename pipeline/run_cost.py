@@ -7,8 +7,9 @@ backward pass still runs through every frozen layer). A fold trains `train.epoch
 the test texts when it learns from pseudo-labels, the rows of `data.extra_train` too), scores its validation fold
 after each and predicts the test set once; a frozen backbone reads every text once per run. Attention's quadratic
 term, precision and early stopping are left out: the figures only rank runs of one recipe on one machine, where
-MiniLM-L6, SmolLM2-135M with LoRA and MPNet-base fine-tuned took 275, 880 and 1300 seconds a fold (estimated: 1,
-2.2 and 5.4 times MiniLM's; docs/BENCHMARKS.md). A TF-IDF model costs nothing here.
+a fold of MiniLM-L6 (3 epochs), SmolLM2-135M with LoRA (1 epoch) and MPNet-base fine-tuned (2 epochs) took 276, 875
+and 1307 seconds in one recipe (estimated 1, 2.6 and 5.4 times MiniLM's, measured 1, 3.2 and 4.7; docs/BENCHMARKS.md,
+"The pool starts the longest chain first"). A TF-IDF model costs nothing here.
 """
 from __future__ import annotations
 
