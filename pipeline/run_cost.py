@@ -23,15 +23,20 @@ _STEP_PER_FORWARD = {"full": 3.0, "lora": 2.0, "generate": 2.0}  # a training st
 
 
 @functools.lru_cache(maxsize=None)
-def _chars(path: str, column: str) -> int:
-    """Characters of one CSV column (0 when the file cannot be read: the run itself will say why)."""
+def _text_stats(path: str, column: str) -> tuple:
+    """(rows, characters of one column) of a CSV, read once; (0, 0) when it cannot be read (the run will say why)."""
     from pipeline.data import read_csv
 
     try:
-        return int(read_csv(Path(path))[column].astype(str).str.len().sum())
+        texts = read_csv(Path(path))[column].astype(str)
     except Exception as exc:  # noqa: BLE001 - an estimate never stops a recipe; reading the data does
         log.debug("no text size for %s: %s", path, exc)
-        return 0
+        return 0, 0
+    return len(texts), int(texts.str.len().sum())
+
+
+def _chars(path: str, column: str) -> int:
+    return _text_stats(path, column)[1]
 
 
 def _text_sizes(cfg) -> tuple:
@@ -42,20 +47,10 @@ def _text_sizes(cfg) -> tuple:
     folder = Path(cfg.data.data_dir or Path("data") / comp.name)
     train = sum(_chars(str(folder / f), comp.text_col) for f in comp.train_files)
     if cfg.data.max_rows is not None:  # a stratified subset: its share of the rows, taken as its share of the text
-        rows = sum(_rows(str(folder / f)) for f in comp.train_files)
+        rows = sum(_text_stats(str(folder / f), comp.text_col)[0] for f in comp.train_files)
         train = train * min(1.0, cfg.data.max_rows / rows) if rows else train
     extra = sum(_chars(str(p), comp.text_col) for p in cfg.data.extra_train or [])
     return train, _chars(str(folder / comp.test_file), comp.text_col), extra
-
-
-@functools.lru_cache(maxsize=None)
-def _rows(path: str) -> int:
-    from pipeline.data import read_csv
-
-    try:
-        return len(read_csv(Path(path)))
-    except Exception:  # noqa: BLE001 - see _chars
-        return 0
 
 
 def forward_weights(cfg) -> int:
