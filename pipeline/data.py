@@ -236,11 +236,16 @@ def _label_cols(comp: Competition, sample: Optional[pd.DataFrame], parts: list) 
     return label_cols
 
 
+def data_folder(cfg: DataConfig, data_dir: Optional[str] = None) -> Path:
+    """Where a run's competition files are: data_dir, else data.data_dir, else data/<competition>."""
+    return Path(data_dir or cfg.data_dir or Path("data") / get_competition(cfg.competition).name)
+
+
 def load_competition_data(cfg: DataConfig, data_dir: Optional[str] = None) -> CompetitionData:
     """Read and check the training file(s), the test file, the sample submission (when the competition
     has one) and the solution file (when it names one and it is there). Returns a `CompetitionData`."""
     comp = get_competition(cfg.competition)
-    folder = Path(data_dir or cfg.data_dir or Path("data") / comp.name)
+    folder = data_folder(cfg, data_dir)
     missing = [f for f in comp.required_files if not (folder / f).is_file()]
     if missing:
         raise DataError(missing_data_message(comp, folder, missing))

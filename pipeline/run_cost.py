@@ -42,9 +42,10 @@ def _chars(path: str, column: str) -> int:
 def _text_sizes(cfg) -> tuple:
     """(characters of the training texts, of the test texts, of the extra rows every fold trains on) of a run."""
     from competition import get_competition
+    from pipeline.data import data_folder
 
     comp = get_competition(cfg.data.competition)
-    folder = Path(cfg.data.data_dir or Path("data") / comp.name)
+    folder = data_folder(cfg.data)
     train = sum(_chars(str(folder / f), comp.text_col) for f in comp.train_files)
     if cfg.data.max_rows is not None:  # a stratified subset: its share of the rows, taken as its share of the text
         rows = sum(_text_stats(str(folder / f), comp.text_col)[0] for f in comp.train_files)
