@@ -11,7 +11,8 @@ from pipeline.errors import RunDirError
 # (column title, path into config.yaml) for the settings that tell experiment modes apart
 SETTINGS = [("preset", "model.preset"), ("finetune", "model.finetune"), ("LoRA r", "model.lora_r"),
             ("LoRA targets", "model.lora_targets"), ("LoRA blocks", "model.lora_layers"),
-            ("feature layers", "model.feature_layers"), ("prompt", "model.prompt"),
+            ("feature layers", "model.feature_layers"), ("pooling", "model.pooling"),
+            ("prompt", "model.prompt"),
             ("max len", "model.max_length"), ("fit filter", "data.fit_filter"), ("rows", "data.max_rows"),
             ("folds", "cv.n_folds"), ("epochs", "train.epochs"), ("lr", "train.lr")]
 

@@ -52,6 +52,7 @@ class ModelConfig:
     # '1-12' or '6,9,12'; None = the last block's only. Frozen MPNet's mean of all 12: +0.022 (docs/BENCHMARKS.md)
     feature_layers: Optional[str] = None
     feature_combine: str = "mean"  # several feature_layers: 'mean' of their pooled vectors, or 'concat' (wider head)
+    pooling: Optional[str] = None  # a hidden state's vector: 'mean' over tokens, 'cls' (first), 'last'; None = preset's
     load_in_4bit: Optional[bool] = None  # QLoRA: NF4 4-bit weights, double quantization; None = preset's
     gradient_checkpointing: Optional[bool] = None  # recompute activations in backward; None = preset's
     padding_side: Optional[str] = None  # 'left' or 'right'; None = preset's
@@ -307,6 +308,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     if m.finetune is not None and m.finetune not in ("full", "lora", "head", "generate"):
         p.append(f"model.finetune must be one of full, lora, head, generate, got {m.finetune!r}")
     p += _generate_problems(m)
+    if m.pooling is not None and m.pooling not in presets.POOLINGS:
+        p.append(f"model.pooling must be one of {', '.join(presets.POOLINGS)}, got {m.pooling!r}")
     if m.padding_side is not None and m.padding_side not in ("left", "right"):
         p.append(f"model.padding_side must be left or right, got {m.padding_side!r}")
     if m.lora_r is not None and m.lora_r < 1:

@@ -306,7 +306,7 @@ def classifier_from_backbone(backbone, st: ModelSettings, n_labels: int, dropout
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if st.freeze_embeddings or st.finetune != "full":
         backbone.get_input_embeddings().weight.requires_grad_(False)
-    model = SequenceClassifier(backbone, n_labels, st.preset.pooling, dropout, decoder=st.preset.kind == "decoder",
+    model = SequenceClassifier(backbone, n_labels, st.pooling, dropout, decoder=st.preset.kind == "decoder",
                                layers=st.feature_layers, combine=st.feature_combine, vectors=st.pooled_vectors)
     if head is not None:
         if head["weight"].shape[1] != model.head.in_features:

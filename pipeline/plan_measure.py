@@ -91,7 +91,7 @@ def _spec_settings(spec: dict):
                                 float(spec["lora_dropout"]), tuple(spec["lora_targets"]), load_in_4bit=False,
                                 gradient_checkpointing=spec["gradient_checkpointing"], padding_side="right",
                                 append_eos=False, max_length=spec["max_length"], freeze_embeddings=False,
-                                lora_layers=layers)
+                                lora_layers=layers, pooling=preset.pooling)
 
 
 def _spec_skeletons(spec: dict):

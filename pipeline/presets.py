@@ -17,6 +17,8 @@ from pipeline.packaged_weights import Part, SplitArchive, unpacked_folder
 if TYPE_CHECKING:
     from pipeline.config import ModelConfig
 
+POOLINGS = ("cls", "mean", "last")  # how a hidden state (batch, seq, dim) becomes one vector a text: models.pool
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -235,6 +237,7 @@ class ModelSettings:
     lora_layers: tuple = ()  # block indices given adapters (sorted); () = every block
     feature_layers: tuple = ()  # hidden states pooled into the features (0 = embeddings); () = the last block's
     feature_combine: str = "mean"  # how several layers' pooled vectors combine: 'mean' or 'concat'
+    pooling: str = "mean"  # how a hidden state becomes one vector: 'mean', 'cls' or 'last' (last non-pad token)
 
     @property
     def pooled_vectors(self) -> int:
@@ -256,7 +259,7 @@ def settings(cfg: ModelConfig) -> ModelSettings:
                          bool(pick("freeze_embeddings")),
                          parse_layers(cfg.lora_layers) if cfg.lora_layers is not None else (),
                          parse_layers(cfg.feature_layers) if cfg.feature_layers is not None else (),
-                         cfg.feature_combine)
+                         cfg.feature_combine, pick("pooling"))
 
 
 def parse_layers(spec, unit: str = "block") -> tuple:

@@ -1,5 +1,6 @@
 """model.feature_layers: the vector a classification head reads pooled from several hidden states (averaged or
-concatenated) instead of the last one; what it builds, the frozen features it caches, and its refusals."""
+concatenated) instead of the last one; model.pooling: how each is pooled; what they build, the frozen features
+cached, and the refusals."""
 from __future__ import annotations
 
 import json
@@ -45,6 +46,22 @@ def test_the_last_hidden_state_by_number_is_the_default_and_layers_pool_as_said(
     assert not torch.allclose(mean.features(ids, mask), default)
 
 
+@pytest.mark.parametrize("preset, default", [("tiny-encoder", "mean"), ("tiny-decoder", "last")])
+def test_model_pooling_replaces_the_presets_pooling_of_every_layer_read(preset, default):
+    model, ids, mask = built(preset, "model.feature_layers=1,2")
+    for how in ("mean", "cls", "last"):
+        other, _, _ = built(preset, "model.feature_layers=1,2", f"model.pooling={how}")  # the same weights (seed 0)
+        assert (model.pooling, other.pooling) == (default, how)
+        with torch.no_grad():
+            extra = {"position_ids": (mask.long().cumsum(1) - 1).clamp(min=0)} if model.decoder else {}
+            states = model.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                                    **extra).hidden_states
+            expected = torch.stack([pool(states[i], mask, how) for i in (1, 2)]).mean(0)
+            torch.testing.assert_close(other.features(ids, mask), expected)
+            if how != default:
+                assert not torch.allclose(other.features(ids, mask), model.features(ids, mask))
+
+
 def test_a_frozen_run_caches_the_wider_features_and_trains_its_head_on_them(tmp_path):
     train, test, sample = make_frames(n_train=60, n_test=20)
     folder = write_competition(tmp_path / "data", train, test, sample)
@@ -62,6 +79,7 @@ def test_a_frozen_run_caches_the_wider_features_and_trains_its_head_on_them(tmp_
     (["model.feature_layers=2-1"], r"model.feature_layers has a range running backwards"),
     (["model.feature_layers=last"], r"model.feature_layers must list layer numbers like"),
     (["model.feature_combine=sum"], r"model.feature_combine must be mean or concat, got 'sum'"),
+    (["model.pooling=max"], r"model.pooling must be one of cls, mean, last, got 'max'"),
     (["model.preset=tfidf-lr", "model.feature_layers=1"], r"model.feature_layers needs a classification head on "
                                                           r"a neural preset, not preset 'tfidf-lr'"),
     (["model.preset=tiny-decoder", "model.finetune=generate", "model.feature_layers=1"],
