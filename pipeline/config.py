@@ -308,8 +308,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     if m.finetune is not None and m.finetune not in ("full", "lora", "head", "generate"):
         p.append(f"model.finetune must be one of full, lora, head, generate, got {m.finetune!r}")
     p += _generate_problems(m)
-    if m.pooling is not None and m.pooling not in presets.POOLINGS:
-        p.append(f"model.pooling must be one of {', '.join(presets.POOLINGS)}, got {m.pooling!r}")
     if m.padding_side is not None and m.padding_side not in ("left", "right"):
         p.append(f"model.padding_side must be left or right, got {m.padding_side!r}")
     if m.lora_r is not None and m.lora_r < 1:
@@ -424,10 +422,15 @@ def _lora_layers_problems(m: ModelConfig) -> list:
 
 
 def _feature_layers_problems(m: ModelConfig) -> list:
-    """model.feature_layers: hidden states the preset has (0 to its block count), pooled by a classification head."""
+    """model.feature_layers: hidden states the preset has (0 to its block count), pooled (model.pooling) by a
+    classification head."""
     p = []
     if m.feature_combine not in ("mean", "concat"):
         p.append(f"model.feature_combine must be mean or concat, got {m.feature_combine!r}")
+    if m.pooling is not None:
+        if m.pooling not in presets.POOLINGS:
+            p.append(f"model.pooling must be one of {', '.join(presets.POOLINGS)}, got {m.pooling!r}")
+        p += _no_head_problem(m, "model.pooling")
     if m.feature_layers is None:
         return p
     try:
@@ -436,15 +439,23 @@ def _feature_layers_problems(m: ModelConfig) -> list:
         return p + [f"model.feature_layers {exc}"]
     if m.preset not in presets.PRESETS:
         return p
-    preset = presets.PRESETS[m.preset]
-    if preset.kind == "tfidf" or (m.finetune or preset.finetune) == "generate":
-        return p + [f"model.feature_layers needs a classification head on a neural preset, not "
-                    f"{'preset ' + repr(m.preset) if preset.kind == 'tfidf' else 'model.finetune=generate'}"]
-    n = presets.block_count(preset)
+    no_head = _no_head_problem(m, "model.feature_layers")
+    if no_head:
+        return p + no_head
+    n = presets.block_count(presets.PRESETS[m.preset])
     if n is not None and layers[-1] > n:
         p.append(f"model.feature_layers {m.feature_layers!r}: preset '{m.preset}' has hidden states 0-{n} "
                  f"(0 = the embeddings, {n} = the last block's output)")
     return p
+
+
+def _no_head_problem(m: ModelConfig, key: str) -> list:
+    """A key that shapes a classification head's input, set where there is none (TF-IDF, generate mode)."""
+    preset = presets.PRESETS.get(m.preset)
+    if preset is None or not (preset.kind == "tfidf" or (m.finetune or preset.finetune) == "generate"):
+        return []
+    return [f"{key} needs a classification head on a neural preset, not "
+            f"{'preset ' + repr(m.preset) if preset.kind == 'tfidf' else 'model.finetune=generate'}"]
 
 
 def _generate_problems(m: ModelConfig) -> list:

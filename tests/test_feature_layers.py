@@ -80,6 +80,10 @@ def test_a_frozen_run_caches_the_wider_features_and_trains_its_head_on_them(tmp_
     (["model.feature_layers=last"], r"model.feature_layers must list layer numbers like"),
     (["model.feature_combine=sum"], r"model.feature_combine must be mean or concat, got 'sum'"),
     (["model.pooling=max"], r"model.pooling must be one of cls, mean, last, got 'max'"),
+    (["model.preset=tfidf-lr", "model.pooling=mean"], r"model.pooling needs a classification head on a neural "
+                                                      r"preset, not preset 'tfidf-lr'"),
+    (["model.preset=tiny-decoder", "model.finetune=generate", "model.pooling=mean"], r"model.pooling needs .* not "
+                                                                                     r"model.finetune=generate"),
     (["model.preset=tfidf-lr", "model.feature_layers=1"], r"model.feature_layers needs a classification head on "
                                                           r"a neural preset, not preset 'tfidf-lr'"),
     (["model.preset=tiny-decoder", "model.finetune=generate", "model.feature_layers=1"],
