@@ -18,12 +18,29 @@ from pipeline.errors import PipelineError
 log = logging.getLogger("pipeline")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message comes (as logging's last-resort handler does), not to the
+    stream of the moment it was made: a command called again under another stderr (redirect_stderr, a notebook, a
+    test's capture) never writes to a closed one."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _setup_logging(quiet: bool) -> None:
     """Our messages go to stderr through one handler on the 'pipeline' logger; libraries stay quiet."""
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     for handler in [h for h in log.handlers if getattr(h, "_pipeline", False)]:
         log.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     handler._pipeline = True
     log.addHandler(handler)

@@ -57,3 +57,26 @@ def test_make_submission_without_runs_says_what_to_do(capsys):
 def test_list_models(capsys):
     assert run_cv_main(["--list-models"]) == 0
     assert "minilm-l6" in capsys.readouterr().out
+
+
+def test_the_log_follows_sys_stderr_so_a_closed_capture_is_never_written_to():
+    import contextlib
+    import io
+    import logging
+
+    from pipeline.cli import _setup_logging
+
+    log = logging.getLogger("pipeline")
+    level, handlers = log.level, list(log.handlers)
+    try:
+        first, second = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(first):
+            _setup_logging(quiet=False)  # made while stderr is `first`, as a command called under a capture
+            log.info("to the first")
+        first.close()
+        with contextlib.redirect_stderr(second):
+            log.info("to the second")
+        assert second.getvalue().rstrip().endswith("to the second") and len(second.getvalue().splitlines()) == 1
+    finally:
+        log.handlers[:] = handlers
+        log.setLevel(level)
