@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from pipeline import process_memory
+from pipeline.arch import POST_NORM_TYPES, skeletons
 from pipeline.config import RunConfig
-from pipeline.plan import _POST_NORM_TYPES, MIB, MemoryEstimate, _estimate, _skeletons
+from pipeline.plan import MIB, MemoryEstimate, _estimate
 
 
 class ChildFailed(RuntimeError):
@@ -85,7 +86,7 @@ def _spec_settings(spec: dict):
         return presets.settings(_spec_config(spec).model)
     model_type = spec["model"]["model_type"]
     layers = presets.parse_layers(spec["lora_layers"]) if spec.get("lora_layers") else ()
-    preset = presets.Preset(f"random-{model_type}", "encoder" if model_type in _POST_NORM_TYPES else "decoder",
+    preset = presets.Preset(f"random-{model_type}", "encoder" if model_type in POST_NORM_TYPES else "decoder",
                            pooling="last", tiny=dict(spec["model"]))
     return presets.ModelSettings(preset, spec["finetune"], spec["lora_r"], float(spec["lora_alpha"]),
                                 float(spec["lora_dropout"]), tuple(spec["lora_targets"]), load_in_4bit=False,
@@ -100,7 +101,7 @@ def _spec_skeletons(spec: dict):
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     if isinstance(spec["model"], str):
-        return _skeletons(spec["model"])
+        return skeletons(spec["model"])
     with init_empty_weights():
         backbone = AutoModel.from_config(AutoConfig.for_model(**spec["model"]))
         if spec["finetune"] != "generate":

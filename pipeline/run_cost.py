@@ -56,11 +56,11 @@ def _text_sizes(cfg) -> tuple:
 
 def forward_weights(cfg) -> int:
     """N: the backbone's weights outside its token embeddings (0 for a model with no backbone, TF-IDF)."""
-    from pipeline import plan, presets
+    from pipeline import arch, presets
 
     if presets.get_preset(cfg.model.preset).kind == "tfidf":
         return 0
-    counts = plan.count_parameters(presets.settings(cfg.model))
+    counts = arch.count_parameters(presets.settings(cfg.model))
     return counts.backbone - counts.embeddings
 
 

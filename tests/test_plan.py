@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from pipeline import plan, plan_generate, plan_measure, presets
+from pipeline import arch, plan, plan_generate, plan_measure, presets
 from pipeline.cli import run_cv_main
 from pipeline.config import load_config
 
@@ -71,13 +71,13 @@ def saved_activation_bytes(model, ids, mask) -> int:
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_count_matches_model_card(name):
-    counts = plan.count_parameters(presets.settings(cfg_for(name).model))
+    counts = arch.count_parameters(presets.settings(cfg_for(name).model))
     tolerance = 0.01 if name == "qwen14b" else 0.02
     assert counts.published == pytest.approx(PUBLISHED[name], rel=tolerance)
 
 
 def test_qwen14b_counts():
-    counts = plan.count_parameters(presets.settings(cfg_for("qwen14b").model), n_labels=11)
+    counts = arch.count_parameters(presets.settings(cfg_for("qwen14b").model), n_labels=11)
     assert abs(counts.published - 14.77e9) / 14.77e9 < 0.01
     # the classifier has no LM head: the published total minus one 152064 x 5120 matrix
     assert counts.backbone == counts.published - 152064 * 5120
@@ -89,7 +89,7 @@ def test_qwen14b_counts():
 
 
 def test_tied_embeddings_counted_once():
-    counts = plan.count_parameters(presets.settings(cfg_for("llama-3.2-1b").model))
+    counts = arch.count_parameters(presets.settings(cfg_for("llama-3.2-1b").model))
     assert counts.published == counts.backbone  # tied lm_head adds nothing
 
 
@@ -102,7 +102,7 @@ def test_lora_count_matches_peft(family, targets):
 
     backbone = AutoModel.from_config(AutoConfig.for_model(**FAMILIES[family]))
     settings = plan_measure._spec_settings(spec(FAMILIES[family], targets=targets, lora_r=8))
-    ours = plan._count(backbone, backbone, settings, n_labels=11)
+    ours = arch.count_from(backbone, backbone, settings, n_labels=11)
     peft_model = get_peft_model(backbone, LoraConfig(r=8, target_modules=list(targets)))
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     assert ours.lora == trainable
@@ -119,8 +119,8 @@ def test_lora_count_on_some_blocks_matches_peft(family, targets, layers):
 
     backbone = AutoModel.from_config(AutoConfig.for_model(**FAMILIES[family]))
     settings = plan_measure._spec_settings(spec(FAMILIES[family], targets=targets, lora_r=8, lora_layers=layers))
-    ours = plan._count(backbone, backbone, settings, n_labels=11)
-    everywhere = plan._count(backbone, backbone, plan_measure._spec_settings(spec(FAMILIES[family], targets=targets,
+    ours = arch.count_from(backbone, backbone, settings, n_labels=11)
+    everywhere = arch.count_from(backbone, backbone, plan_measure._spec_settings(spec(FAMILIES[family], targets=targets,
                                                                                    lora_r=8)), n_labels=11)
     blocks = presets.parse_layers(layers)
     wrapped = torch.nn.ModuleDict({"backbone": backbone})  # as in SequenceClassifier: peft needs a prefix
@@ -134,16 +134,16 @@ def test_lora_count_matches_peft_on_meta_skeleton():
     from peft import LoraConfig, get_peft_model
 
     cfg = cfg_for("smollm2-135m")
-    counts = plan.count_parameters(presets.settings(cfg.model))
-    backbone, _ = plan._skeletons("smollm2-135m")
+    counts = arch.count_parameters(presets.settings(cfg.model))
+    backbone, _ = arch.skeletons("smollm2-135m")
     peft_model = get_peft_model(copy.deepcopy(backbone), LoraConfig(r=16, target_modules=["q_proj", "v_proj"]))
     assert counts.lora == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
 
 def test_finetune_modes_change_trainable():
-    full = plan.count_parameters(presets.settings(cfg_for("minilm-l6", "model.freeze_embeddings=false").model))
-    frozen = plan.count_parameters(presets.settings(cfg_for("minilm-l6").model))  # preset freezes embeddings
-    head = plan.count_parameters(presets.settings(cfg_for("minilm-l6", "model.finetune=head").model))
+    full = arch.count_parameters(presets.settings(cfg_for("minilm-l6", "model.freeze_embeddings=false").model))
+    frozen = arch.count_parameters(presets.settings(cfg_for("minilm-l6").model))  # preset freezes embeddings
+    head = arch.count_parameters(presets.settings(cfg_for("minilm-l6", "model.finetune=head").model))
     assert full.trainable == full.backbone + full.head
     assert frozen.trainable == full.trainable - full.embeddings
     assert head.trainable == head.head and head.lora == 0
@@ -189,7 +189,7 @@ def test_the_plan_names_the_adapted_blocks():
 
 def test_four_bit_weight_bytes():
     est = plan.estimate_memory(cfg_for("qwen14b"), "cuda")
-    counts = plan.count_parameters(presets.settings(cfg_for("qwen14b").model))
+    counts = arch.count_parameters(presets.settings(cfg_for("qwen14b").model))
     constants = counts.quantizable * (8 / 64 + 32 / (64 * 256)) / 8
     assert est.quantization_constants == pytest.approx(constants, rel=1e-6)
     # 0.5 byte per quantized weight, fp32 (after k-bit preparation) for embeddings, norms and biases
@@ -215,7 +215,7 @@ def test_the_prediction_pass_is_planned_and_can_set_the_peak():
     """An H100 QLoRA run peaked above the training-only plan: with the default eval batch (128) the no-grad
     forward of one prediction batch, whose 4-bit MLP outputs are fp32, outgrows a checkpointed small batch."""
     est = plan.estimate_memory(cfg_for("qwen14b"), "cuda")
-    f = plan.arch_facts(plan._skeletons("qwen14b")[0], None)
+    f = arch.arch_facts(arch.skeletons("qwen14b")[0], None)
     dequant = 2 * 13824 * 5120  # one dequantized copy of the largest linear weight, bf16
     per_token = 2 * f.hidden * 4 + 3 * f.intermediate * 4  # fp32 stream + gate, act and up in fp32
     assert est.eval_batch_size == 128 and est.prediction == 128 * 128 * per_token + dequant
@@ -241,7 +241,7 @@ def test_devices_differ_only_in_dtypes():
 
 def test_full_finetune_on_gpu_counts_fp32_master_weights_and_autocast_copies():
     est = plan.estimate_memory(cfg_for("roberta-base"), "cuda")
-    counts = plan.count_parameters(presets.settings(cfg_for("roberta-base").model))
+    counts = arch.count_parameters(presets.settings(cfg_for("roberta-base").model))
     assert est.weights == 4 * counts.backbone
     assert est.optimizer_states == 8 * counts.trainable and est.gradients == 4 * counts.trainable
     assert est.autocast_copies == 2 * counts.quantizable
@@ -300,7 +300,7 @@ def test_generate_mode_is_planned_with_prompt_answer_and_scoring():
     text = plan.render_plan(cfg_for("smollm2-135m", "model.finetune=generate"))
     for part in ("prompt + answer", "Scoring", "system message with the label list", "peak"):
         assert part in text
-    counts = plan.count_parameters(presets.settings(cfg_for("smollm2-135m", "model.finetune=generate").model))
+    counts = arch.count_parameters(presets.settings(cfg_for("smollm2-135m", "model.finetune=generate").model))
     assert counts.head == 0 and counts.lora > 0 and counts.trainable == counts.lora
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline import plan, presets, run_cost
+from pipeline import arch, presets, run_cost
 from pipeline.config import load_config
 
 
@@ -18,7 +18,7 @@ def _chars(path) -> int:
 
 
 def _weights(cfg) -> int:
-    counts = plan.count_parameters(presets.settings(cfg.model))
+    counts = arch.count_parameters(presets.settings(cfg.model))
     return counts.backbone - counts.embeddings
 
 
