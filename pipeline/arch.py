@@ -190,6 +190,7 @@ def count_parameters(settings, n_labels: int = 11) -> ParamCounts:
 
 
 def count_from(backbone, published, settings, n_labels: int) -> ParamCounts:
+    """Counts for `settings` from a (backbone, published model) pair already built, meta or real."""
     n_backbone = sum(p.numel() for p in backbone.parameters())
     n_published = sum(p.numel() for p in published.parameters())
     hidden = backbone.config.hidden_size

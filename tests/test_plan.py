@@ -120,8 +120,9 @@ def test_lora_count_on_some_blocks_matches_peft(family, targets, layers):
     backbone = AutoModel.from_config(AutoConfig.for_model(**FAMILIES[family]))
     settings = plan_measure._spec_settings(spec(FAMILIES[family], targets=targets, lora_r=8, lora_layers=layers))
     ours = arch.count_from(backbone, backbone, settings, n_labels=11)
-    everywhere = arch.count_from(backbone, backbone, plan_measure._spec_settings(spec(FAMILIES[family], targets=targets,
-                                                                                   lora_r=8)), n_labels=11)
+    everywhere = arch.count_from(backbone, backbone,
+                                 plan_measure._spec_settings(spec(FAMILIES[family], targets=targets, lora_r=8)),
+                                 n_labels=11)
     blocks = presets.parse_layers(layers)
     wrapped = torch.nn.ModuleDict({"backbone": backbone})  # as in SequenceClassifier: peft needs a prefix
     peft_model = get_peft_model(wrapped, LoraConfig(r=8, target_modules=list(targets),
